@@ -1,0 +1,7 @@
+//! The reference guest's hardware-independent parts, unit-tested natively on the host.
+//!
+//! The kernel binary (`src/main.rs`) adds the x86-64 and virtio layers on top.
+
+#![cfg_attr(not(test), no_std)]
+
+pub mod mm;

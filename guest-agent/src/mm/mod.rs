@@ -1,0 +1,1 @@
+//! The guest's memory manager (placeholder until it lands).

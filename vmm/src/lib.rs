@@ -1,0 +1,2 @@
+//! cma-vmm: a minimal KVM VMM whose guest memory holds CMA regions.
+pub mod config;
