@@ -66,6 +66,29 @@ pub const SERIAL_PORT: u16 = 0x3f8;
 /// but the value is passed through unchanged).
 pub const EXIT_PORT: u16 = 0xf4;
 
+/// Writing a byte here records a boot milestone ([`PROGRESS_ENTERED`], ...) with the VMM's
+/// monotonic clock: how boot time is measured.
+pub const PROGRESS_PORT: u16 = 0xf8;
+/// Milestone: the guest's first instructions ran.
+pub const PROGRESS_ENTERED: u8 = 1;
+/// Milestone: the boot information was parsed and validated; the memory map is built.
+pub const PROGRESS_READY: u8 = 2;
+/// Milestone: the agent channel is up (Hello sent).
+pub const PROGRESS_AGENT_UP: u8 = 3;
+/// Milestone: the workload has populated the lent memory.
+pub const PROGRESS_POPULATED: u8 = 4;
+
+/// Guest exit status: success.
+pub const EXIT_OK: u32 = 0;
+/// Guest exit status: a CPU exception.
+pub const EXIT_EXCEPTION: u32 = 3;
+/// Guest exit status: a Rust panic in the guest.
+pub const EXIT_PANIC: u32 = 4;
+/// Guest exit status: the boot information did not validate.
+pub const EXIT_BAD_BOOT_INFO: u32 = 5;
+/// Guest exit status: a workload page failed its self-check.
+pub const EXIT_INTEGRITY: u32 = 6;
+
 /// Interrupt vector of the guest's local APIC timer.
 pub const TIMER_VECTOR: u8 = 0x30;
 /// First vector the VMM hands out to devices (MSI routed through irqfd); device `i` gets

@@ -1,2 +1,17 @@
 //! cma-vmm: a minimal KVM VMM whose guest memory holds CMA regions.
+//!
+//! - [`config`]: the VM configuration in its three forms, validated and placed;
+//! - [`vstate`]: guest memory, KVM memory slots, the VM, vCPUs;
+//! - [`arch`], [`boot`]: 64-bit boot state, the guest image and boot information;
+//! - [`devices`]: port-I/O and MMIO buses, the serial console, platform ports;
+//! - [`machine`]: build, run and stop a VM;
+//! - [`cli`], [`commands`]: the `cma-vmm` command line.
+
+pub mod arch;
+pub mod boot;
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod devices;
+pub mod machine;
+pub mod vstate;

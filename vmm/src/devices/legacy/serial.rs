@@ -1,0 +1,100 @@
+//! COM1 (vm-superio's 16550A), forwarding the guest's console to stdout and, for tests and
+//! the VMM itself, into a capture buffer.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+
+use crate::devices::bus::BusDevice;
+use crate::vstate::vm::lock;
+
+/// Where console output goes.
+#[derive(Debug, Default)]
+pub struct ConsoleSink {
+    /// Echo to the VMM's stdout.
+    pub echo: bool,
+    /// Everything the guest printed.
+    pub captured: Vec<u8>,
+}
+
+/// A cloneable handle to the console output.
+#[derive(Debug, Clone, Default)]
+pub struct Console(Arc<Mutex<ConsoleSink>>);
+
+impl Console {
+    /// A console that echoes to stdout if `echo`.
+    pub fn new(echo: bool) -> Self {
+        Console(Arc::new(Mutex::new(ConsoleSink {
+            echo,
+            captured: Vec::new(),
+        })))
+    }
+
+    /// Everything printed so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.0).captured).into_owned()
+    }
+}
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut sink = lock(&self.0);
+        // Bound what we keep: a guest that prints forever must not exhaust host memory.
+        if sink.captured.len() < (16 << 20) {
+            sink.captured.extend_from_slice(buf);
+        }
+        if sink.echo {
+            let mut out = std::io::stdout().lock();
+            out.write_all(buf)?;
+            if buf.contains(&b'\n') {
+                out.flush()?;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if lock(&self.0).echo {
+            std::io::stdout().flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// The serial port raises no interrupts: the guest polls, and transmission never blocks.
+#[derive(Debug)]
+pub struct NoIrq;
+
+impl Trigger for NoIrq {
+    type E = std::convert::Infallible;
+    fn trigger(&self) -> Result<(), Self::E> {
+        Ok(())
+    }
+}
+
+/// COM1 on the port-I/O bus.
+pub struct SerialDevice(Serial<NoIrq, NoEvents, Console>);
+
+impl SerialDevice {
+    /// A serial port writing to `console`.
+    pub fn new(console: Console) -> Self {
+        SerialDevice(Serial::new(NoIrq, console))
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let (Ok(off), [byte]) = (u8::try_from(offset), data) {
+            *byte = self.0.read(off);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Ok(off), [byte]) = (u8::try_from(offset), data) {
+            // Output errors (a closed stdout) must not stop the guest.
+            let _ = self.0.write(off, *byte);
+        }
+    }
+}

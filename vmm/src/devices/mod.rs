@@ -1,0 +1,3 @@
+//! Devices: the I/O buses, legacy port devices, and virtio devices.
+pub mod bus;
+pub mod legacy;
