@@ -10,6 +10,7 @@
 pub mod arch;
 pub mod boot;
 pub mod cli;
+pub mod cma;
 pub mod commands;
 pub mod config;
 pub mod devices;
