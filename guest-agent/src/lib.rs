@@ -6,3 +6,4 @@
 
 pub mod cmdline;
 pub mod mm;
+pub mod workload;
