@@ -7,7 +7,7 @@ pub fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
         .filter_map(|w| w.split_once('='))
         .filter(|(k, _)| *k == key)
         .map(|(_, v)| v)
-        .last()
+        .next_back()
 }
 
 /// The value of `key` as a number (decimal or 0x hex), or `default` if absent or bad.

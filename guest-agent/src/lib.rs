@@ -4,6 +4,7 @@
 
 #![cfg_attr(not(test), no_std)]
 
+pub mod agent;
 pub mod cmdline;
 pub mod mm;
 pub mod workload;

@@ -10,12 +10,17 @@
 mod arch;
 #[macro_use]
 mod console;
+mod drivers;
+mod hw;
+mod memory;
 mod rt;
+mod serve;
 
 use core::arch::global_asm;
 
 use console::{Dec, Hex, Hex16};
 use guest_agent::cmdline;
+use guest_agent::workload::lent_pages;
 use protocol::boot::{BootInfo, DeviceKind, MemKind};
 use protocol::layout::{
     BOOT_INFO_MAX_SIZE, EXIT_BAD_BOOT_INFO, EXIT_OK, EXIT_PORT, PROGRESS_PORT, PROGRESS_READY,
@@ -56,7 +61,8 @@ pub fn exit(status: u32) -> ! {
     arch::cpu::halt_forever()
 }
 
-fn progress(milestone: u8) {
+/// Record a boot milestone with the VMM.
+pub fn progress(milestone: u8) {
     outb(PROGRESS_PORT, milestone);
 }
 
@@ -74,16 +80,31 @@ extern "C" fn kmain(boot_info_addr: u64) -> ! {
             exit(EXIT_BAD_BOOT_INFO)
         }
     };
-    print_memory_map(&info);
-    progress(PROGRESS_READY);
-    run_test_fault(info.cmdline());
-    if cmdline::get(info.cmdline(), "mode") == Some("hang") {
-        // A guest that never exits, to test the VMM's --timeout.
-        loop {
-            arch::cpu::wait_for_interrupt();
+    let args = info.cmdline();
+    let pages = cmdline::get_u64(args, "workload.pages", u64::from(lent_pages(&info))) as u32;
+    let (mut mm, mut hw, manifest) = match memory::init(&info, pages) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("cma-guest: cannot set up memory: {e}");
+            exit(EXIT_BAD_BOOT_INFO)
         }
+    };
+    progress(PROGRESS_READY);
+    print_memory_map(&info);
+    memory::print_stats(&mm);
+    run_test_fault(args);
+    match cmdline::get(args, "mode") {
+        Some("hang") => loop {
+            // A guest that never exits, to test the VMM's --timeout.
+            arch::cpu::wait_for_interrupt();
+        },
+        Some("boot") => exit(EXIT_OK),
+        _ => {}
     }
-    exit(EXIT_OK)
+    match info.devices().iter().find(|d| d.kind == DeviceKind::Agent) {
+        Some(dev) => serve::run(&info, dev, &mut mm, &mut hw, manifest, pages),
+        None => exit(EXIT_OK),
+    }
 }
 
 /// One line per memory-map entry, in the style of Linux's e820 map, then one per region.

@@ -42,12 +42,15 @@ const K_EVICT: u32 = 0x101;
 const K_RETURN: u32 = 0x102;
 const K_CANCEL: u32 = 0x103;
 const K_QUERY: u32 = 0x104;
+const K_PROBE: u32 = 0x105;
+const K_SHUTDOWN: u32 = 0x106;
 const K_HELLO: u32 = 0x201;
 const K_EVICTED: u32 = 0x202;
 const K_RETURNED: u32 = 0x203;
 const K_MIGRATE: u32 = 0x204;
 const K_REPORT: u32 = 0x205;
 const K_CANCELLED: u32 = 0x206;
+const K_PROBED: u32 = 0x207;
 
 /// The outcome of a guest-side operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +137,19 @@ pub enum HostMsg {
         /// Query flags.
         flags: u32,
     },
+    /// Diagnostic: read the u64 at guest-physical `gpa` through the guest's own mapping and
+    /// answer [`GuestMsg::Probed`] (how tests see what the guest can see).
+    Probe {
+        /// Request id.
+        req: u64,
+        /// Address to read (8-byte aligned).
+        gpa: u64,
+    },
+    /// Check every workload page and exit (status 0, or an integrity error).
+    Shutdown {
+        /// Request id.
+        req: u64,
+    },
 }
 
 /// What the guest's workload and allocator look like (answer to [`HostMsg::Query`]).
@@ -202,6 +218,13 @@ pub enum GuestMsg {
         /// Outcome.
         status: Status,
     },
+    /// Answer to [`HostMsg::Probe`].
+    Probed {
+        /// The Probe's request id.
+        req: u64,
+        /// The value the guest read.
+        value: u64,
+    },
 }
 
 struct Record([u8; MSG_SIZE]);
@@ -262,6 +285,8 @@ impl HostMsg {
                 Record::new(K_CANCEL, 0, req, [target, 0, 0, 0, 0, 0])
             }
             HostMsg::Query { req, flags } => Record::new(K_QUERY, flags, req, [0; 6]),
+            HostMsg::Probe { req, gpa } => Record::new(K_PROBE, 0, req, [gpa, 0, 0, 0, 0, 0]),
+            HostMsg::Shutdown { req } => Record::new(K_SHUTDOWN, 0, req, [0; 6]),
         }
         .0
     }
@@ -290,6 +315,11 @@ impl HostMsg {
                 req: f.req,
                 flags: f.word,
             },
+            K_PROBE => HostMsg::Probe {
+                req: f.req,
+                gpa: a[0],
+            },
+            K_SHUTDOWN => HostMsg::Shutdown { req: f.req },
             k => return Err(DecodeError::UnknownKind(k)),
         })
     }
@@ -300,12 +330,40 @@ impl HostMsg {
             HostMsg::Evict { req, .. }
             | HostMsg::Return { req, .. }
             | HostMsg::Cancel { req, .. }
-            | HostMsg::Query { req, .. } => req,
+            | HostMsg::Query { req, .. }
+            | HostMsg::Probe { req, .. }
+            | HostMsg::Shutdown { req } => req,
         }
     }
 }
 
 impl GuestMsg {
+    /// The request this message answers (`None` for Hello and Migrate, which are the
+    /// guest's own).
+    pub fn answers(&self) -> Option<u64> {
+        match *self {
+            GuestMsg::Evicted { req, .. }
+            | GuestMsg::Returned { req, .. }
+            | GuestMsg::Report { req, .. }
+            | GuestMsg::Cancelled { req, .. }
+            | GuestMsg::Probed { req, .. } => Some(req),
+            GuestMsg::Hello { .. } | GuestMsg::Migrate { .. } => None,
+        }
+    }
+
+    /// Whether this is the kind of answer `request` expects.
+    pub fn is_answer_to(&self, request: &HostMsg) -> bool {
+        self.answers() == Some(request.req())
+            && matches!(
+                (request, self),
+                (HostMsg::Evict { .. }, GuestMsg::Evicted { .. })
+                    | (HostMsg::Return { .. }, GuestMsg::Returned { .. })
+                    | (HostMsg::Query { .. }, GuestMsg::Report { .. })
+                    | (HostMsg::Cancel { .. }, GuestMsg::Cancelled { .. })
+                    | (HostMsg::Probe { .. }, GuestMsg::Probed { .. })
+            )
+    }
+
     /// Encode as one record.
     pub fn encode(&self) -> [u8; MSG_SIZE] {
         match *self {
@@ -345,6 +403,9 @@ impl GuestMsg {
             } => {
                 let (code, detail) = status.encode();
                 Record::new(K_CANCELLED, code, req, [target, detail, 0, 0, 0, 0])
+            }
+            GuestMsg::Probed { req, value } => {
+                Record::new(K_PROBED, 0, req, [value, 0, 0, 0, 0, 0])
             }
         }
         .0
@@ -387,6 +448,10 @@ impl GuestMsg {
                 req: f.req,
                 target: a[0],
                 status: Status::decode(f.word, a[1])?,
+            },
+            K_PROBED => GuestMsg::Probed {
+                req: f.req,
+                value: a[0],
             },
             k => return Err(DecodeError::UnknownKind(k)),
         })
@@ -475,6 +540,11 @@ mod tests {
                 req: 4,
                 flags: QUERY_QUIESCE,
             },
+            HostMsg::Probe {
+                req: 5,
+                gpa: 0x1000,
+            },
+            HostMsg::Shutdown { req: 6 },
         ];
         for m in msgs {
             assert_eq!(HostMsg::decode(&m.encode()), Ok(m));
@@ -518,6 +588,10 @@ mod tests {
                 req: 12,
                 target: 9,
                 status: Status::Failed { code: 7 },
+            },
+            GuestMsg::Probed {
+                req: 13,
+                value: u64::MAX,
             },
         ];
         for m in msgs {

@@ -26,6 +26,8 @@ const EXAMPLE: &[&str] = &[
     "name=secure,size=16M,private",
     "--cma-map",
     "video-dev=video;*=camera",
+    "--guest-args",
+    "mode=boot",
 ];
 
 /// What the VMM itself makes of `args` (the same parser and validation the binary uses).
@@ -97,6 +99,8 @@ fn three_configuration_forms_boot_the_same_machine() {
     require_kvm();
     let flags = [
         "run",
+        "--guest-args",
+        "mode=boot",
         "--cma",
         "name=video,size=64M,align=1M",
         "--cma",
@@ -106,10 +110,18 @@ fn three_configuration_forms_boot_the_same_machine() {
     ];
     let cmdline = [
         "run",
+        "--guest-args",
+        "mode=boot",
         "--cma-cmdline",
         "cma=video=64M/1M;camera=32M@0x8000000 cma_map=video-dev=video;*=camera",
     ];
-    let file = ["run", "--config", "../resources/vm.toml"];
+    let file = [
+        "run",
+        "--config",
+        "../resources/vm.toml",
+        "--guest-args",
+        "mode=boot",
+    ];
     let a = run(&flags, DEADLINE);
     let b = run(&cmdline, DEADLINE);
     assert_eq!(a.code, Some(0), "{a:#?}");
@@ -128,6 +140,8 @@ fn big_guest_map_skips_the_mmio_hole() {
     require_kvm();
     let args = [
         "run",
+        "--guest-args",
+        "mode=boot",
         "--memory",
         "5G",
         "--cma",

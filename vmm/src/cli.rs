@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{self, ConfigError, VmConfig, parse_map_rules, parse_region_flag, parse_size};
+use crate::grant::{CopyMode, GrantPolicy};
 
 /// What the user asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,10 @@ pub struct RunArgs {
     pub quiet: bool,
     /// The KVM device (default /dev/kvm).
     pub kvm_path: PathBuf,
+    /// Eviction timeouts and copy mode.
+    pub policy: GrantPolicy,
+    /// Allocate and free this many chunks once the guest has populated lent memory.
+    pub exercise: u32,
 }
 
 /// `cma-vmm bench boot` arguments.
@@ -69,6 +74,11 @@ run options:
   --cma-cmdline 'cma=N=S[@A][/S];... cma_map=...'
                                   regions and rules in the original CMA patches' syntax
   --guest-args STR                the guest's command line
+  --exercise N                    once the guest has populated lent memory, allocate and
+                                  free N chunks of several sizes and alignments, check every
+                                  guest page, and shut the guest down
+  --evict-timeout MS              how long to wait for the guest to evict a range (default 2000)
+  --copy-mode host|guest          who copies migrated pages (default host)
   --stats                         print per-region CMA statistics at exit
   --timeout SECS                  stop the guest after SECS seconds
   --dry-run                       validate, print the memory layout, do not boot
@@ -163,6 +173,19 @@ fn parse_bench(args: &mut Args) -> Result<Command, CliError> {
     Ok(Command::BenchBoot(BenchArgs { runs, json, run }))
 }
 
+/// Milliseconds, 1 to 1 hour.
+fn parse_millis(flag: &str, v: &str) -> Result<Duration, CliError> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|ms| (1..=3_600_000).contains(ms))
+        .map(Duration::from_millis)
+        .ok_or_else(|| CliError::BadValue {
+            flag: flag.to_string(),
+            value: v.to_string(),
+            reason: "expected milliseconds, 1 to 3600000".into(),
+        })
+}
+
 /// Handles subcommand-specific flags: `Ok(true)` if it consumed `flag`.
 type ExtraFlags<'a> = dyn FnMut(&str, &mut Args) -> Result<bool, CliError> + 'a;
 
@@ -182,6 +205,8 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
         dry_run: false,
         quiet: false,
         kvm_path: PathBuf::from("/dev/kvm"),
+        policy: GrantPolicy::default(),
+        exercise: 0,
     };
     while let Some(flag) = args.items.next() {
         let once = |slot: bool| {
@@ -229,6 +254,36 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
             "--dry-run" => run.dry_run = true,
             "--quiet" => run.quiet = true,
             "--kvm" => run.kvm_path = PathBuf::from(args.value(&flag)?),
+            "--evict-timeout" => {
+                let v = args.value(&flag)?;
+                run.policy.evict_timeout = parse_millis(&flag, &v)?;
+                run.policy.return_timeout = run.policy.evict_timeout;
+            }
+            "--copy-mode" => {
+                run.policy.copy = match args.value(&flag)?.as_str() {
+                    "host" => CopyMode::Host,
+                    "guest" => CopyMode::Guest,
+                    other => {
+                        return Err(CliError::BadValue {
+                            flag,
+                            value: other.to_string(),
+                            reason: "expected 'host' or 'guest'".into(),
+                        });
+                    }
+                }
+            }
+            "--exercise" => {
+                let v = args.value(&flag)?;
+                run.exercise =
+                    v.parse()
+                        .ok()
+                        .filter(|n| *n <= 100_000)
+                        .ok_or_else(|| CliError::BadValue {
+                            flag: flag.clone(),
+                            value: v.clone(),
+                            reason: "expected a count up to 100000".into(),
+                        })?;
+            }
             "--timeout" => {
                 let v = args.value(&flag)?;
                 let secs: f64 = v

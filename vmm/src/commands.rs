@@ -51,6 +51,7 @@ fn options(args: &RunArgs) -> VmmOptions {
     VmmOptions {
         kvm_path: args.kvm_path.clone(),
         echo_console: !args.quiet,
+        policy: args.policy,
     }
 }
 
@@ -95,6 +96,19 @@ fn run_vm(args: &RunArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
+    if args.exercise > 0 {
+        match crate::exercise::run(&running, args.exercise) {
+            Ok(summary) if summary.integrity.is_clean() => {
+                // The guest checks its own pages too, then exits with the verdict.
+                let _ = running.grants().agent().shutdown_guest();
+            }
+            Ok(_) => eprintln!("cma-vmm: the exercise found integrity errors"),
+            Err(e) => eprintln!("cma-vmm: exercise: {e}"),
+        }
+    }
+    if args.stats {
+        crate::exercise::print_stats(&running);
+    }
     let report = running.wait(args.timeout);
     report_outcome(&report.outcome);
     // `bench boot` reads this line from its child VMMs.
@@ -200,9 +214,13 @@ fn boot_once(exe: &Path, run: &RunArgs) -> Result<BootSample, String> {
         }
         cmd.arg("--cma").arg(spec);
     }
-    if !run.config.guest_args.is_empty() {
-        cmd.arg("--guest-args").arg(&run.config.guest_args);
-    }
+    // Boot to the memory map and exit, unless the caller asked for something else.
+    let guest_args = if run.config.guest_args.is_empty() {
+        "mode=boot"
+    } else {
+        run.config.guest_args.as_str()
+    };
+    cmd.arg("--guest-args").arg(guest_args);
     cmd.env("CMA_VMM_BOOT_TIMES", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

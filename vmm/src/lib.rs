@@ -4,6 +4,8 @@
 //! - [`vstate`]: guest memory, KVM memory slots, the VM, vCPUs;
 //! - [`arch`], [`boot`]: 64-bit boot state, the guest image and boot information;
 //! - [`devices`]: port-I/O and MMIO buses, the serial console, platform ports;
+//! - [`cma`]: the CMA allocator (regions, bitmaps, map rules, pin/unpin, compaction);
+//! - [`grant`]: granting chunks to devices: eviction by the guest agent, revocation, scrub;
 //! - [`machine`]: build, run and stop a VM;
 //! - [`cli`], [`commands`]: the `cma-vmm` command line.
 
@@ -14,5 +16,8 @@ pub mod cma;
 pub mod commands;
 pub mod config;
 pub mod devices;
+pub mod exercise;
+pub mod grant;
+pub mod integrity;
 pub mod machine;
 pub mod vstate;

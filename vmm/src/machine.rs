@@ -10,17 +10,28 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use protocol::layout::{EXIT_PORT, PROGRESS_PORT, SERIAL_PORT};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use protocol::boot::DeviceKind;
+use protocol::layout::{
+    DEVICE_VECTOR_BASE, EXIT_PORT, PROGRESS_PORT, SERIAL_PORT, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootDevice, BootError, GuestImage};
+use crate::cma::{Cma, CmaError};
 use crate::config::ValidConfig;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::platform::{
     ExitPort, PlatformState, ProgressPort, SharedPlatform, monotonic_ns,
 };
 use crate::devices::legacy::serial::{Console, SerialDevice};
+use crate::devices::virtio::agent::event_handler::AgentEventHandler;
+use crate::devices::virtio::agent::{AgentChannel, AgentDevice};
+use crate::devices::virtio::mmio::{Interrupt, MmioTransport, QUEUE_NOTIFY};
+use crate::grant::{GrantManager, GrantPolicy};
 use crate::vstate::memory::{GuestRam, MemoryError};
+use crate::vstate::slots::SlotError;
 use crate::vstate::vcpu::{ExitCounters, Vcpu, VcpuContext, VcpuControl, VcpuStop};
 use crate::vstate::vm::{Vm, VmError, lock, open_kvm};
 
@@ -39,6 +50,12 @@ pub enum VmmError {
     /// Device set-up.
     #[error("device set-up: {0}")]
     Bus(#[from] BusError),
+    /// The CMA regions could not be set up.
+    #[error("CMA set-up: {0}")]
+    Cma(#[from] CmaError),
+    /// A memory slot could not be changed.
+    #[error(transparent)]
+    Slot(#[from] SlotError),
     /// An eventfd or thread could not be created.
     #[error("{op}: {source}")]
     Os {
@@ -60,6 +77,8 @@ pub struct VmmOptions {
     pub kvm_path: PathBuf,
     /// Echo the guest console to stdout.
     pub echo_console: bool,
+    /// Eviction timeouts and copy mode.
+    pub policy: GrantPolicy,
 }
 
 impl Default for VmmOptions {
@@ -67,6 +86,7 @@ impl Default for VmmOptions {
         VmmOptions {
             kvm_path: PathBuf::from("/dev/kvm"),
             echo_console: true,
+            policy: GrantPolicy::default(),
         }
     }
 }
@@ -119,6 +139,8 @@ pub struct Vmm {
     console: Console,
     exit_evt: EventFd,
     started: u64,
+    agent: AgentSetup,
+    grants: Arc<GrantManager>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -139,35 +161,33 @@ impl Vmm {
         let ram = Arc::new(GuestRam::new(config.memory)?);
         let image = boot::load_guest(&ram, &image)?;
         crate::arch::write_boot_tables(&ram)?;
-        let devices: Vec<BootDevice> = Vec::new();
-        let info = boot::boot_info(&config, image, &devices)?;
-        boot::write_boot_info(&ram, &info)?;
-        let vm = Arc::new(Vm::new(&kvm, ram)?);
+        let vm = Arc::new(Vm::new(&kvm, ram.clone())?);
+        // Private regions are never lent: the guest cannot even address them.
+        for r in config.regions.iter().filter(|r| r.private) {
+            vm.revoke(r.base, r.size)?;
+        }
 
         let exit_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"))?;
         let console = Console::new(options.echo_console);
         let platform: SharedPlatform = Arc::new(Mutex::new(PlatformState::default()));
-        let mut pio = Bus::default();
-        pio.insert(
-            u64::from(SERIAL_PORT),
-            8,
-            Arc::new(Mutex::new(SerialDevice::new(console.clone()))),
-        )?;
-        let exit_port = ExitPort::new(
-            platform.clone(),
-            exit_evt.try_clone().map_err(os_err("eventfd"))?,
-        );
-        pio.insert(u64::from(EXIT_PORT), 4, Arc::new(Mutex::new(exit_port)))?;
-        pio.insert(
-            u64::from(PROGRESS_PORT),
-            1,
-            Arc::new(Mutex::new(ProgressPort::new(platform.clone()))),
-        )?;
-        let pio = Arc::new(pio);
-        let mmio = Arc::new(Bus::default());
-
-        let control = Arc::new(VcpuControl::default());
+        let pio = Arc::new(legacy_devices(&console, &platform, &exit_evt)?);
+        let mut mmio = Bus::default();
         let counters = Arc::new(ExitCounters::default());
+        let control = Arc::new(VcpuControl::default());
+        let cma = Arc::new(Cma::new(&config.regions, &config.map)?);
+        let agent = AgentSetup::new(&vm, &cma, &mut mmio)?;
+        let grants = Arc::new(GrantManager::new(
+            cma,
+            vm.clone(),
+            agent.channel.clone(),
+            options.policy,
+            counters.clone(),
+            control.clone(),
+        ));
+        let info = boot::boot_info(&config, image, &[agent.boot_device()])?;
+        boot::write_boot_info(&ram, &info)?;
+        let mmio = Arc::new(mmio);
+
         let mut vcpus = Vec::new();
         for id in 0..config.vcpus {
             let ctx = VcpuContext {
@@ -190,11 +210,14 @@ impl Vmm {
             console,
             exit_evt,
             started,
+            agent,
+            grants,
         })
     }
 
-    /// Start the vCPUs.
+    /// Start the agent thread and the vCPUs.
     pub fn start(self) -> Result<RunningVmm, VmmError> {
+        let agent_thread = self.agent.spawn()?;
         let mut threads = Vec::new();
         for (i, vcpu) in self.vcpus.into_iter().enumerate() {
             let t = std::thread::Builder::new()
@@ -207,6 +230,8 @@ impl Vmm {
             config: self.config,
             vm: self.vm,
             threads,
+            agent_thread,
+            grants: self.grants,
             control: self.control,
             counters: self.counters,
             platform: self.platform,
@@ -222,6 +247,8 @@ pub struct RunningVmm {
     config: ValidConfig,
     vm: Arc<Vm>,
     threads: Vec<JoinHandle<VcpuStop>>,
+    agent_thread: AgentThread,
+    grants: Arc<GrantManager>,
     control: Arc<VcpuControl>,
     counters: Arc<ExitCounters>,
     platform: SharedPlatform,
@@ -239,6 +266,11 @@ impl RunningVmm {
     /// The VM.
     pub fn vm(&self) -> &Arc<Vm> {
         &self.vm
+    }
+
+    /// The allocation state machine: alloc and free chunks for devices.
+    pub fn grants(&self) -> &Arc<GrantManager> {
+        &self.grants
     }
 
     /// The guest console.
@@ -326,12 +358,127 @@ impl RunningVmm {
         }
     }
 
-    /// Stop every vCPU and join their threads.
+    /// Stop every vCPU and the agent thread, and join them. Callers waiting on the guest
+    /// get an error rather than waiting for their timeouts.
     pub fn shutdown(self) {
+        self.grants.agent().stop();
         self.control.stop_all();
         for t in self.threads {
             let _ = t.join();
         }
+        self.agent_thread.stop();
+    }
+}
+
+/// The serial console, the exit port and the progress port.
+fn legacy_devices(
+    console: &Console,
+    platform: &SharedPlatform,
+    exit_evt: &EventFd,
+) -> Result<Bus, VmmError> {
+    let mut pio = Bus::default();
+    pio.insert(
+        u64::from(SERIAL_PORT),
+        8,
+        Arc::new(Mutex::new(SerialDevice::new(console.clone()))),
+    )?;
+    let exit_port = ExitPort::new(
+        platform.clone(),
+        exit_evt.try_clone().map_err(os_err("eventfd"))?,
+    );
+    pio.insert(u64::from(EXIT_PORT), 4, Arc::new(Mutex::new(exit_port)))?;
+    pio.insert(
+        u64::from(PROGRESS_PORT),
+        1,
+        Arc::new(Mutex::new(ProgressPort::new(platform.clone()))),
+    )?;
+    Ok(pio)
+}
+
+/// The agent channel's pieces until the agent thread starts.
+struct AgentSetup {
+    channel: AgentChannel,
+    device: Arc<Mutex<AgentDevice>>,
+    notify: EventFd,
+    kick: EventFd,
+}
+
+impl AgentSetup {
+    /// Create the agent device at the first virtio-mmio window: MSI through an irqfd,
+    /// QueueNotify through an ioeventfd.
+    fn new(vm: &Arc<Vm>, cma: &Arc<Cma>, mmio: &mut Bus) -> Result<Self, VmmError> {
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"));
+        let kick = evt()?;
+        let channel = AgentChannel::new(kick.try_clone().map_err(os_err("eventfd"))?);
+        let taken = cma.clone();
+        let device = Arc::new(Mutex::new(AgentDevice::new(
+            vm.ram().clone(),
+            channel.shared().clone(),
+            Arc::new(move |gpa, len| taken.is_taken(gpa, len)),
+        )));
+        let irqfd = evt()?;
+        vm.add_msi_irqfd(&irqfd, DEVICE_VECTOR_BASE)?;
+        let transport = MmioTransport::new(device.clone(), vm.ram().clone(), Interrupt::new(irqfd));
+        mmio.insert(
+            VIRTIO_MMIO_BASE,
+            VIRTIO_MMIO_SIZE,
+            Arc::new(Mutex::new(transport)),
+        )?;
+        let notify = evt()?;
+        vm.add_mmio_ioeventfd(&notify, VIRTIO_MMIO_BASE + QUEUE_NOTIFY)?;
+        Ok(AgentSetup {
+            channel,
+            device,
+            notify,
+            kick,
+        })
+    }
+
+    fn boot_device(&self) -> BootDevice {
+        BootDevice {
+            kind: DeviceKind::Agent,
+            base: VIRTIO_MMIO_BASE,
+            size: VIRTIO_MMIO_SIZE,
+            vector: DEVICE_VECTOR_BASE,
+            name: "agent".into(),
+        }
+    }
+
+    /// Run the agent device on its own thread (callers block on the channel, never it).
+    fn spawn(self) -> Result<AgentThread, VmmError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handler = AgentEventHandler::new(self.device, self.notify, self.kick);
+        let handle = std::thread::Builder::new()
+            .name("cma-agent".into())
+            .spawn(move || {
+                let Ok(mut events) =
+                    EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+                else {
+                    return;
+                };
+                events.add_subscriber(Arc::new(Mutex::new(handler)));
+                while !flag.load(Ordering::SeqCst) {
+                    if events.run_with_timeout(50).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(os_err("spawn agent thread"))?;
+        Ok(AgentThread { stop, handle })
+    }
+}
+
+/// The running agent thread.
+struct AgentThread {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+impl AgentThread {
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.handle.join();
     }
 }
 

@@ -382,7 +382,7 @@ impl VmConfig {
         if !(MIN_MEMORY..=MAX_MEMORY).contains(&self.memory) {
             return Err(ConfigError::MemoryOutOfRange(format_size(self.memory)));
         }
-        if self.memory % PAGE_SIZE != 0 {
+        if !self.memory.is_multiple_of(PAGE_SIZE) {
             return Err(ConfigError::MemoryNotAligned(format_size(self.memory)));
         }
         Ok(())

@@ -47,7 +47,7 @@ fn parse_u64(s: &str) -> Option<u64> {
 /// A size in the most readable unit that represents it exactly: `64M`, `0x1234`.
 pub fn format_size(v: u64) -> String {
     for (shift, unit) in [(30, "G"), (20, "M"), (10, "K")] {
-        if v != 0 && v % (1 << shift) == 0 {
+        if v != 0 && v.is_multiple_of(1 << shift) {
             return format!("{}{unit}", v >> shift);
         }
     }

@@ -160,7 +160,7 @@ impl GuestRam {
     /// Zero `[gpa, gpa+len)` (page aligned) and give its host pages back: the next read sees
     /// zeros, and the host memory is freed until the guest touches it again.
     pub fn punch(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
-        if gpa % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+        if !gpa.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
             return Err(MemoryError::OutOfRange { gpa, len });
         }
         let offset = self.file_offset(gpa, len)?;

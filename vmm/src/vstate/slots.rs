@@ -113,11 +113,7 @@ impl SlotTable {
             return Err(SlotError::AlreadyRevoked(gpa, len));
         }
         self.revoked.insert(gpa, len);
-        if let Err(e) = self.sync(ram, sink) {
-            // Leave the range marked revoked: the guest must never regain access because
-            // of a failure half-way (a missing slot only costs emulated accesses).
-            return Err(e);
-        }
+        self.sync(ram, sink)?;
         Ok(())
     }
 

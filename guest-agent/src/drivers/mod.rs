@@ -1,0 +1,3 @@
+//! Device drivers.
+pub mod agent;
+pub mod virtio;

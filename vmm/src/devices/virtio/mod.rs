@@ -1,0 +1,3 @@
+//! Virtio devices on the virtio-mmio transport.
+pub mod agent;
+pub mod mmio;

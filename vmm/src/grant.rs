@@ -1,0 +1,482 @@
+//! Granting contiguous chunks of lent guest memory to device models: the allocation state
+//! machine over the CMA allocator, the guest agent and the KVM memory slots.
+//!
+//! ```text
+//!  Lent ──alloc: bits marked──▶ Isolating ──guest: Done, slot hole (exclusive)──▶ Granted
+//!   ▲   ◀── Busy / error / timeout: bits cleared, Cancel sent if delivered ──┘        │
+//!   └──── bits cleared ◀── Return to guest ◀── slot restored ◀── zeroed ◀── free ◀───┘
+//!                                                               (Scrubbing)
+//! ```
+//!
+//! Rules kept here:
+//! - a range is granted only after the guest said Done **and**, in exclusive mode, its KVM
+//!   slot is gone: a guest that lies loses its own data, it never gains device memory;
+//! - a freed chunk is zeroed (a memfd hole punch) before the guest can reach it again;
+//! - every failure leaves the range Lent with its bits cleared (the allocator's part) and
+//!   the guest told to undo what it did (the channel's Cancel, or a Return).
+//!
+//! Private regions are never mapped into the guest (their slots are removed at boot), so
+//! granting from them needs no eviction, and shared grants from them are refused.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protocol::msg::Status;
+use serde::Serialize;
+
+use crate::cma::{AllocRequest, Chunk, ChunkId, ClaimOutcome, Cma, CmaError, Mover};
+use crate::config::RegionSpec;
+use crate::devices::virtio::agent::AgentChannel;
+use crate::vstate::memory::MemoryError;
+use crate::vstate::vcpu::{ExitCounters, VcpuControl};
+use crate::vstate::vm::{Vm, lock};
+
+/// Whether the guest keeps access to a granted chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantMode {
+    /// The chunk leaves the guest's address space; only the device reaches it.
+    Exclusive,
+    /// The guest keeps access (a DMA buffer shared with its driver).
+    Shared,
+}
+
+/// Who copies pages during eviction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyMode {
+    /// The VMM copies batches the guest plans (host memcpy speed).
+    Host,
+    /// The guest copies each page itself.
+    Guest,
+}
+
+/// Timeouts and modes of the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantPolicy {
+    /// How long to wait for the guest to evict a range.
+    pub evict_timeout: Duration,
+    /// How long to wait for the guest to take a range back.
+    pub return_timeout: Duration,
+    /// Who copies pages.
+    pub copy: CopyMode,
+}
+
+impl Default for GrantPolicy {
+    fn default() -> Self {
+        GrantPolicy {
+            evict_timeout: Duration::from_secs(2),
+            return_timeout: Duration::from_secs(2),
+            copy: CopyMode::Host,
+        }
+    }
+}
+
+/// Which regions to allocate from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Resolve through the map rules.
+    Device(String),
+    /// Try these regions in order (`"r1,r2"`).
+    Regions(String),
+}
+
+/// Errors of granting and freeing.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// The allocator refused or ran out of candidates.
+    #[error(transparent)]
+    Cma(#[from] CmaError),
+    /// A shared grant from a private region.
+    #[error("region '{0}' is private: it is never mapped into the guest, so it cannot be shared")]
+    SharedPrivate(String),
+    /// An unknown chunk.
+    #[error("unknown chunk {0}")]
+    UnknownChunk(String),
+    /// Zeroing a chunk failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+}
+
+/// Counters of the state machine.
+#[derive(Debug, Default, Serialize)]
+pub struct GrantMetrics {
+    /// Chunks granted.
+    pub grants: AtomicU64,
+    /// Allocations that failed.
+    pub grant_fails: AtomicU64,
+    /// Chunks freed.
+    pub frees: AtomicU64,
+    /// Evictions the guest answered Done.
+    pub evictions: AtomicU64,
+    /// Evictions that failed (timeout, guest error, revoke failure).
+    pub eviction_fails: AtomicU64,
+    /// Candidates the guest reported busy.
+    pub busy: AtomicU64,
+    /// Returns the guest did not acknowledge.
+    pub return_fails: AtomicU64,
+    /// Pages migrated by the guest for our grants.
+    pub pages_migrated: AtomicU64,
+}
+
+/// What one allocation cost (the `--exercise` demo prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantReport {
+    /// The chunk.
+    pub chunk: Chunk,
+    /// Grant mode.
+    pub mode: GrantMode,
+    /// Pages the guest migrated for this grant.
+    pub pages_migrated: u64,
+    /// Wall time of the allocation.
+    pub elapsed: Duration,
+    /// VM exits to the VMM during the allocation (all vCPUs).
+    pub exits: u64,
+}
+
+/// A chunk granted to a device: where it is, and host access to its bytes.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    id: ChunkId,
+    mode: GrantMode,
+    manager: Arc<GrantManager>,
+}
+
+impl Grant {
+    /// The chunk's handle.
+    pub fn id(&self) -> ChunkId {
+        self.id
+    }
+
+    /// The grant mode.
+    pub fn mode(&self) -> GrantMode {
+        self.mode
+    }
+
+    /// The chunk as it is now (compaction may have moved it).
+    pub fn chunk(&self) -> Option<Chunk> {
+        self.manager.cma.chunk(self.id)
+    }
+
+    /// Write `data` at byte `offset` of the chunk (host side, at host speed).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), GrantError> {
+        let c = self.current()?;
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > c.len)
+        {
+            return Err(MemoryError::OutOfRange {
+                gpa: c.gpa + offset,
+                len: data.len() as u64,
+            }
+            .into());
+        }
+        Ok(self.manager.vm.ram().write(c.gpa + offset, data)?)
+    }
+
+    /// Read the chunk at byte `offset` into `buf`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), GrantError> {
+        let c = self.current()?;
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > c.len)
+        {
+            return Err(MemoryError::OutOfRange {
+                gpa: c.gpa + offset,
+                len: buf.len() as u64,
+            }
+            .into());
+        }
+        Ok(self.manager.vm.ram().read(c.gpa + offset, buf)?)
+    }
+
+    fn current(&self) -> Result<Chunk, GrantError> {
+        self.chunk()
+            .ok_or_else(|| GrantError::UnknownChunk(self.id.to_string()))
+    }
+}
+
+/// The allocation state machine.
+pub struct GrantManager {
+    cma: Arc<Cma>,
+    vm: Arc<Vm>,
+    agent: AgentChannel,
+    policy: Mutex<GrantPolicy>,
+    modes: Mutex<HashMap<ChunkId, GrantMode>>,
+    exits: Arc<ExitCounters>,
+    vcpus: Arc<VcpuControl>,
+    /// Counters.
+    pub metrics: GrantMetrics,
+}
+
+impl std::fmt::Debug for GrantManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantManager").finish_non_exhaustive()
+    }
+}
+
+impl GrantManager {
+    /// A manager over `cma`'s regions in `vm`, evicting through `agent`.
+    pub fn new(
+        cma: Arc<Cma>,
+        vm: Arc<Vm>,
+        agent: AgentChannel,
+        policy: GrantPolicy,
+        exits: Arc<ExitCounters>,
+        vcpus: Arc<VcpuControl>,
+    ) -> Self {
+        GrantManager {
+            cma,
+            vm,
+            agent,
+            policy: Mutex::new(policy),
+            modes: Mutex::new(HashMap::new()),
+            exits,
+            vcpus,
+            metrics: GrantMetrics::default(),
+        }
+    }
+
+    /// Change the guest's memory slots with every vCPU held outside the guest: a slot is
+    /// deleted and re-created in pieces, and code running from the old slot in between
+    /// would find no memory at all (not even its instructions).
+    fn with_vcpus_paused<T>(&self, f: impl FnOnce(&Vm) -> T) -> T {
+        self.vcpus.pause_all();
+        let out = f(&self.vm);
+        self.vcpus.resume_all();
+        out
+    }
+
+    /// The allocator.
+    pub fn cma(&self) -> &Arc<Cma> {
+        &self.cma
+    }
+
+    /// The agent channel.
+    pub fn agent(&self) -> &AgentChannel {
+        &self.agent
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> GrantPolicy {
+        *lock(&self.policy)
+    }
+
+    /// Change timeouts or the copy mode.
+    pub fn set_policy(&self, policy: GrantPolicy) {
+        *lock(&self.policy) = policy;
+    }
+
+    /// Allocate a chunk and grant it in `mode`.
+    pub fn alloc(
+        self: &Arc<Self>,
+        target: &Target,
+        req: &AllocRequest,
+        mode: GrantMode,
+    ) -> Result<(Grant, GrantReport), GrantError> {
+        let start = Instant::now();
+        let exits_before = self.exits.total();
+        let migrated = AtomicU64::new(0);
+        let mut claim = |region: &RegionSpec, gpa: u64, len: u64| {
+            let outcome = self.claim(region, gpa, len, mode);
+            if let ClaimOutcome::Claimed { pages_migrated } = outcome {
+                migrated.store(pages_migrated, Ordering::Relaxed);
+            }
+            outcome
+        };
+        if mode == GrantMode::Shared {
+            self.refuse_shared_private(target)?;
+        }
+        let result = match target {
+            Target::Device(dev) => self.cma.alloc(dev, req, &mut claim),
+            Target::Regions(names) => self.cma.alloc_from(names, req, &mut claim),
+        };
+        let chunk = match result {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.grant_fails.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        lock(&self.modes).insert(chunk.id, mode);
+        self.metrics.grants.fetch_add(1, Ordering::Relaxed);
+        let report = GrantReport {
+            chunk,
+            mode,
+            pages_migrated: migrated.load(Ordering::Relaxed),
+            elapsed: start.elapsed(),
+            exits: self.exits.total() - exits_before,
+        };
+        let grant = Grant {
+            id: chunk.id,
+            mode,
+            manager: self.clone(),
+        };
+        Ok((grant, report))
+    }
+
+    /// A shared grant can only come from lent regions: refuse if the target names only
+    /// private ones (a mixed list is fine, the claim skips private candidates).
+    fn refuse_shared_private(&self, target: &Target) -> Result<(), GrantError> {
+        let ids = match target {
+            Target::Device(d) => self.cma.resolve_device(d)?,
+            Target::Regions(n) => self.cma.resolve_names(n)?,
+        };
+        let regions: Vec<&RegionSpec> = ids.iter().filter_map(|&i| self.cma.region(i)).collect();
+        match regions.iter().find(|r| r.private) {
+            Some(r) if regions.iter().all(|r| r.private) => {
+                Err(GrantError::SharedPrivate(r.name.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Make `[gpa, gpa+len)` the device's: evict it from the guest, then (exclusive) take
+    /// it out of the guest's address space. Called by the allocator with the bits marked.
+    fn claim(&self, region: &RegionSpec, gpa: u64, len: u64, mode: GrantMode) -> ClaimOutcome {
+        if region.private {
+            return match mode {
+                GrantMode::Exclusive => ClaimOutcome::Claimed { pages_migrated: 0 },
+                GrantMode::Shared => ClaimOutcome::Failed("private region".into()),
+            };
+        }
+        let policy = self.policy();
+        let host_copy = policy.copy == CopyMode::Host;
+        let answer = self.agent.evict(gpa, len, host_copy, policy.evict_timeout);
+        let migrated = match answer {
+            Ok((Status::Done, migrated)) => migrated,
+            Ok((Status::Busy { first_busy }, _)) => {
+                self.metrics.busy.fetch_add(1, Ordering::Relaxed);
+                return ClaimOutcome::Busy { at: first_busy };
+            }
+            Ok((status, _)) => {
+                self.metrics.eviction_fails.fetch_add(1, Ordering::Relaxed);
+                return ClaimOutcome::Failed(format!("the guest could not evict: {status:?}"));
+            }
+            Err(e) => {
+                self.metrics.eviction_fails.fetch_add(1, Ordering::Relaxed);
+                return ClaimOutcome::Failed(e.to_string());
+            }
+        };
+        if mode == GrantMode::Exclusive
+            && let Err(e) = self.with_vcpus_paused(|vm| vm.revoke(gpa, len))
+        {
+            // Never grant what the guest may still reach: undo, and hand the range back.
+            let _ = self.with_vcpus_paused(|vm| vm.restore(gpa, len));
+            self.return_to_guest(gpa, len, policy);
+            self.metrics.eviction_fails.fetch_add(1, Ordering::Relaxed);
+            return ClaimOutcome::Failed(format!("cannot revoke guest access: {e}"));
+        }
+        self.metrics.evictions.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .pages_migrated
+            .fetch_add(migrated, Ordering::Relaxed);
+        ClaimOutcome::Claimed {
+            pages_migrated: migrated,
+        }
+    }
+
+    /// Scrub a range and give it back: zero, restore the slot (exclusive), Return.
+    fn release(&self, region: &RegionSpec, gpa: u64, len: u64, mode: GrantMode) {
+        // Zero before the guest can see it again; punching also frees the host pages.
+        if self.vm.ram().punch(gpa, len).is_err() {
+            // Fall back to writing zeros: the guest must never see device data.
+            let _ = self.vm.ram().write(gpa, &vec![0u8; len as usize]);
+        }
+        if region.private {
+            return;
+        }
+        if mode == GrantMode::Exclusive {
+            let _ = self.with_vcpus_paused(|vm| vm.restore(gpa, len));
+        }
+        self.return_to_guest(gpa, len, self.policy());
+    }
+
+    fn return_to_guest(&self, gpa: u64, len: u64, policy: GrantPolicy) {
+        match self.agent.give_back(gpa, len, policy.return_timeout) {
+            Ok(Status::Done) => {}
+            _ => {
+                self.metrics.return_fails.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Free a granted chunk: scrub it, give it back to the guest, clear its bits.
+    pub fn free(&self, id: ChunkId) -> Result<(), GrantError> {
+        let mode = lock(&self.modes)
+            .get(&id)
+            .copied()
+            .unwrap_or(GrantMode::Exclusive);
+        let mut release = |region: &RegionSpec, gpa: u64, len: u64| {
+            self.release(region, gpa, len, mode);
+        };
+        self.cma.free(id, &mut release)?;
+        lock(&self.modes).remove(&id);
+        self.metrics.frees.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The grant mode of chunk `id`.
+    pub fn mode(&self, id: ChunkId) -> Option<GrantMode> {
+        lock(&self.modes).get(&id).copied()
+    }
+
+    /// Move unpinned chunks of `region` to raise its largest free run.
+    pub fn compact(&self, region: u32) -> Result<crate::cma::CompactReport, GrantError> {
+        let mut mover = GrantMover { manager: self };
+        Ok(self.cma.compact(region, &mut mover)?)
+    }
+}
+
+/// Compaction through the guest: the destination is evicted (and revoked, for an exclusive
+/// chunk) before the copy; the old range is scrubbed and returned after it.
+struct GrantMover<'m> {
+    manager: &'m GrantManager,
+}
+
+impl GrantMover<'_> {
+    fn mode_at(&self, gpa: u64) -> GrantMode {
+        let m = self.manager;
+        m.cma
+            .chunks()
+            .iter()
+            .find(|c| c.gpa == gpa)
+            .and_then(|c| m.mode(c.id))
+            .unwrap_or(GrantMode::Exclusive)
+    }
+}
+
+impl Mover for GrantMover<'_> {
+    fn claim(&mut self, region: &RegionSpec, gpa: u64, len: u64) -> ClaimOutcome {
+        // The destination is evicted like any candidate; it is revoked in `copy`, once we
+        // know whose chunk moves there.
+        self.manager.claim(region, gpa, len, GrantMode::Shared)
+    }
+
+    fn copy(&mut self, from: u64, to: u64, len: u64) -> Result<(), String> {
+        let mode = self.mode_at(from);
+        if mode == GrantMode::Exclusive {
+            self.manager
+                .with_vcpus_paused(|vm| vm.revoke(to, len))
+                .map_err(|e| format!("cannot revoke the destination: {e}"))?;
+        }
+        self.manager
+            .vm
+            .ram()
+            .copy(from, to, len)
+            .map_err(|e| e.to_string())
+    }
+
+    fn release(&mut self, region: &RegionSpec, gpa: u64, len: u64) {
+        // The old range after a move, or the destination of an abandoned move.
+        let revoked = self.manager.vm.is_revoked(gpa, len);
+        let mode = if revoked {
+            GrantMode::Exclusive
+        } else {
+            GrantMode::Shared
+        };
+        self.manager.release(region, gpa, len, mode);
+    }
+}
