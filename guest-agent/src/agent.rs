@@ -9,7 +9,8 @@
 //! purpose, so that the VMM's defences can be tested against a real guest: `mute` never
 //! answers, `lie` answers Done without evicting, `spurious` adds answers to requests never
 //! sent and duplicates, `garbage` posts malformed descriptors, `flood` sends a burst of
-//! messages before each answer, `slow` answers late (`agent.delay_ms=`).
+//! messages before each answer, `slow` answers late (`agent.delay_ms=`), `stray` asks the
+//! VMM to copy pages into a range the VMM took earlier (device memory).
 
 use crate::mm::{CopyEngine, CopyError, CopyMode, Mm, Mmu, PhysMem};
 use crate::workload::Workload;
@@ -52,6 +53,8 @@ pub enum Mode {
     Flood,
     /// Answer after a delay.
     Slow,
+    /// Ask the VMM to copy pages into a range it took earlier (device memory).
+    Stray,
 }
 
 impl Mode {
@@ -65,6 +68,7 @@ impl Mode {
             "garbage" => Mode::Garbage,
             "flood" => Mode::Flood,
             "slow" => Mode::Slow,
+            "stray" => Mode::Stray,
             _ => return None,
         })
     }
@@ -99,10 +103,15 @@ struct VmmCopy<'c, C: Channel> {
     chan: &'c mut C,
     req: u64,
     count: usize,
+    /// Test mode `stray`: send every page here instead.
+    stray_dst: Option<u64>,
 }
 
 impl<C: Channel> CopyEngine for VmmCopy<'_, C> {
-    fn push(&mut self, pair: MigratePair) {
+    fn push(&mut self, mut pair: MigratePair) {
+        if let Some(dst) = self.stray_dst {
+            pair.dst = dst;
+        }
         let off = self.count * MIGRATE_PAIR_SIZE;
         if let Some(slot) = self.chan.payload().get_mut(off..off + MIGRATE_PAIR_SIZE) {
             slot.copy_from_slice(&pair.encode());
@@ -229,10 +238,14 @@ impl Agent {
             };
         }
         let result = if flags & protocol::msg::EVICT_HOST_COPY != 0 {
+            let stray_dst = (self.mode == Mode::Stray)
+                .then(|| self.completed.iter().find(|c| c.2 != 0).map(|c| c.1))
+                .flatten();
             let mut engine = VmmCopy {
                 chan,
                 req,
                 count: 0,
+                stray_dst,
             };
             self.workload
                 .evict(mm, hw, gpa, len, CopyMode::Host(&mut engine))
@@ -304,7 +317,7 @@ impl Agent {
                     let _ = chan.send(&never_sent, 0);
                 }
             }
-            Mode::Normal | Mode::Lie => {}
+            Mode::Normal | Mode::Lie | Mode::Stray => {}
         }
         let _ = chan.send(&msg, 0);
         match self.mode {

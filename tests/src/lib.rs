@@ -1,5 +1,7 @@
 //! Helpers for the end-to-end tests: KVM checks, spawning the VMM, parsing guest output.
 
+pub mod vm;
+
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
