@@ -7,17 +7,83 @@ use guest_agent::agent::{Agent, Control, Mode};
 use guest_agent::cmdline;
 use guest_agent::mm::Mm;
 use guest_agent::workload::{CheckError, Workload};
-use protocol::boot::{BootInfo, DeviceDesc, MemKind};
+use protocol::boot::{BootInfo, DeviceDesc, DeviceKind, MemKind};
 use protocol::layout::{EXIT_INTEGRITY, EXIT_OK, PROGRESS_AGENT_UP, PROGRESS_POPULATED};
 
 use crate::arch::{apic, cpu, interrupts};
 use crate::console::{Dec, Hex};
 use crate::drivers::agent::AgentDriver;
+use crate::drivers::capture::{CaptureDriver, Event as CaptureEvent, State};
 use crate::hw::KernelHw;
 use crate::{exit, progress};
 
 /// Pages created per population step, between looks at the request queue.
 const POPULATE_STEP: u32 = 64;
+
+/// What the capture drivers do (`capture.*=` on the guest command line).
+struct CaptureOptions {
+    frames: u64,
+    width: u32,
+    height: u32,
+    buffers: u32,
+    align: u64,
+    cycles: u64,
+}
+
+/// One capture device and how far its streaming has got.
+struct Capture<'i> {
+    name: &'i str,
+    driver: CaptureDriver,
+    cycles_left: u64,
+}
+
+impl Capture<'_> {
+    /// Drive the device one step: start when idle, count frames, stop after enough.
+    fn step(&mut self, hw: &mut KernelHw, opts: &CaptureOptions) -> bool {
+        let d = &mut self.driver;
+        if d.state == State::Idle && self.cycles_left > 0 {
+            d.start(hw, opts.width, opts.height, opts.buffers, opts.align);
+        }
+        let mut busy = false;
+        while let Some(event) = d.poll(hw) {
+            busy = true;
+            match event {
+                CaptureEvent::Started { ok: true } => {
+                    print!(
+                        "cma-guest: {}: streaming {}x{} NV12 into buffers",
+                        self.name,
+                        Dec(opts.width.into()),
+                        Dec(opts.height.into())
+                    );
+                    for b in d.buffers() {
+                        print!(" {}", Hex(*b));
+                    }
+                    println!();
+                }
+                CaptureEvent::Started { ok: false } => {
+                    println!("cma-guest: {}: start failed: no buffers", self.name);
+                    self.cycles_left -= 1;
+                }
+                CaptureEvent::Dropped => {}
+                CaptureEvent::Frame { .. } => {
+                    if d.state == State::Streaming && d.frames_ok + d.frames_bad >= opts.frames {
+                        d.stop(hw);
+                    }
+                }
+                CaptureEvent::Stopped => {
+                    println!(
+                        "cma-guest: {}: {} frames checked, {} bad; stopped, buffers returned",
+                        self.name,
+                        Dec(d.frames_ok),
+                        Dec(d.frames_bad)
+                    );
+                    self.cycles_left -= 1;
+                }
+            }
+        }
+        busy
+    }
+}
 
 /// Options from the guest command line.
 struct Options {
@@ -29,6 +95,7 @@ struct Options {
     pin: u32,
     target: u32,
     seed: u64,
+    capture: CaptureOptions,
 }
 
 impl Options {
@@ -46,6 +113,14 @@ impl Options {
             pin: n("workload.pin", 0) as u32,
             target: (n("workload.target", u64::from(pages)) as u32).min(pages),
             seed: n("workload.seed", 0x5eed),
+            capture: CaptureOptions {
+                frames: n("capture.frames", 0),
+                width: n("capture.width", 1280) as u32,
+                height: n("capture.height", 720) as u32,
+                buffers: n("capture.buffers", 4) as u32,
+                align: n("capture.align", 64 << 10),
+                cycles: n("capture.cycles", 1),
+            },
         }
     }
 }
@@ -104,6 +179,27 @@ pub fn run(
         Err(_) => exit(protocol::layout::EXIT_BAD_BOOT_INFO),
     };
     let mut agent = Agent::new(workload, opts.mode, opts.delay_ms);
+    let mut captures: [Option<Capture>; 7] = Default::default();
+    let devices = info
+        .devices()
+        .iter()
+        .filter(|d| d.kind == DeviceKind::Capture);
+    for (slot, d) in captures.iter_mut().zip(devices) {
+        match CaptureDriver::new(d, mm, hw) {
+            Ok(driver) => {
+                *slot = Some(Capture {
+                    name: d.name.as_str(),
+                    driver,
+                    cycles_left: if opts.capture.frames > 0 {
+                        opts.capture.cycles
+                    } else {
+                        0
+                    },
+                })
+            }
+            Err(e) => println!("cma-guest: {}: {e:?}", d.name.as_str()),
+        }
+    }
     if agent.hello(&mut driver).is_err() {
         println!("cma-guest: the VMM refused Hello");
     }
@@ -134,6 +230,9 @@ pub fn run(
                     progress(PROGRESS_POPULATED);
                 }
                 continue;
+            }
+            for c in captures.iter_mut().flatten() {
+                busy |= c.step(hw, &opts.capture);
             }
             let tick = interrupts::TICKS.load(Ordering::Relaxed);
             if tick != last_tick {

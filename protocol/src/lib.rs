@@ -7,11 +7,13 @@
 //! - [`layout`]: the guest-physical address map (boot structures, image, MMIO, ports);
 //! - [`boot`]: the versioned boot-information block the VMM writes for the guest;
 //! - [`msg`]: the agent channel's message set;
-//! - [`page`]: the self-checking contents of workload pages, so the host can verify them.
+//! - [`page`]: the self-checking contents of workload pages, so the host can verify them;
+//! - [`capture`]: the frame-capture device's commands and test pattern.
 
 #![cfg_attr(not(test), no_std)]
 
 pub mod boot;
+pub mod capture;
 pub mod layout;
 pub mod msg;
 pub mod page;

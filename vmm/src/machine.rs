@@ -28,6 +28,8 @@ use crate::devices::legacy::platform::{
 use crate::devices::legacy::serial::{Console, SerialDevice};
 use crate::devices::virtio::agent::event_handler::AgentEventHandler;
 use crate::devices::virtio::agent::{AgentChannel, AgentDevice};
+use crate::devices::virtio::capture::event_handler::CaptureEventHandler;
+use crate::devices::virtio::capture::{CaptureDevice, CaptureMetrics};
 use crate::devices::virtio::mmio::{Interrupt, MmioTransport, QUEUE_NOTIFY};
 use crate::grant::{GrantManager, GrantPolicy};
 use crate::vstate::memory::{GuestRam, MemoryError};
@@ -140,6 +142,7 @@ pub struct Vmm {
     exit_evt: EventFd,
     started: u64,
     agent: AgentSetup,
+    captures: Vec<CaptureSetup>,
     grants: Arc<GrantManager>,
 }
 
@@ -184,7 +187,14 @@ impl Vmm {
             counters.clone(),
             control.clone(),
         ));
-        let info = boot::boot_info(&config, image, &[agent.boot_device()])?;
+        let mut captures = Vec::new();
+        for (i, name) in config.capture.iter().enumerate() {
+            captures.push(CaptureSetup::new(i, name, &vm, &grants, &mut mmio)?);
+        }
+        let devices: Vec<BootDevice> = std::iter::once(agent.boot_device())
+            .chain(captures.iter().map(CaptureSetup::boot_device))
+            .collect();
+        let info = boot::boot_info(&config, image, &devices)?;
         boot::write_boot_info(&ram, &info)?;
         let mmio = Arc::new(mmio);
 
@@ -211,6 +221,7 @@ impl Vmm {
             exit_evt,
             started,
             agent,
+            captures,
             grants,
         })
     }
@@ -218,6 +229,15 @@ impl Vmm {
     /// Start the agent thread and the vCPUs.
     pub fn start(self) -> Result<RunningVmm, VmmError> {
         let agent_thread = self.agent.spawn()?;
+        let mut capture_metrics = Vec::new();
+        let mut device_threads = Vec::new();
+        for c in self.captures {
+            capture_metrics.push((
+                c.name.clone(),
+                crate::vstate::vm::lock(&c.device).metrics.clone(),
+            ));
+            device_threads.push(c.spawn()?);
+        }
         let mut threads = Vec::new();
         for (i, vcpu) in self.vcpus.into_iter().enumerate() {
             let t = std::thread::Builder::new()
@@ -231,6 +251,8 @@ impl Vmm {
             vm: self.vm,
             threads,
             agent_thread,
+            device_threads,
+            capture_metrics,
             grants: self.grants,
             control: self.control,
             counters: self.counters,
@@ -247,7 +269,9 @@ pub struct RunningVmm {
     config: ValidConfig,
     vm: Arc<Vm>,
     threads: Vec<JoinHandle<VcpuStop>>,
-    agent_thread: AgentThread,
+    agent_thread: DeviceThread,
+    device_threads: Vec<DeviceThread>,
+    capture_metrics: Vec<(String, Arc<CaptureMetrics>)>,
     grants: Arc<GrantManager>,
     control: Arc<VcpuControl>,
     counters: Arc<ExitCounters>,
@@ -271,6 +295,11 @@ impl RunningVmm {
     /// The allocation state machine: alloc and free chunks for devices.
     pub fn grants(&self) -> &Arc<GrantManager> {
         &self.grants
+    }
+
+    /// The capture devices' counters, by device name.
+    pub fn capture_metrics(&self) -> &[(String, Arc<CaptureMetrics>)] {
+        &self.capture_metrics
     }
 
     /// The guest console.
@@ -366,6 +395,9 @@ impl RunningVmm {
         for t in self.threads {
             let _ = t.join();
         }
+        for t in self.device_threads {
+            t.stop();
+        }
         self.agent_thread.stop();
     }
 }
@@ -445,12 +477,27 @@ impl AgentSetup {
     }
 
     /// Run the agent device on its own thread (callers block on the channel, never it).
-    fn spawn(self) -> Result<AgentThread, VmmError> {
+    fn spawn(self) -> Result<DeviceThread, VmmError> {
+        let handler = AgentEventHandler::new(self.device, self.notify, self.kick);
+        DeviceThread::spawn("cma-agent", handler)
+    }
+}
+
+/// A device's own event loop on its own thread.
+struct DeviceThread {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+impl DeviceThread {
+    fn spawn(
+        name: &str,
+        handler: impl MutEventSubscriber + Send + 'static,
+    ) -> Result<Self, VmmError> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let handler = AgentEventHandler::new(self.device, self.notify, self.kick);
         let handle = std::thread::Builder::new()
-            .name("cma-agent".into())
+            .name(name.into())
             .spawn(move || {
                 let Ok(mut events) =
                     EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
@@ -464,21 +511,71 @@ impl AgentSetup {
                     }
                 }
             })
-            .map_err(os_err("spawn agent thread"))?;
-        Ok(AgentThread { stop, handle })
+            .map_err(os_err("spawn device thread"))?;
+        Ok(DeviceThread { stop, handle })
     }
-}
 
-/// The running agent thread.
-struct AgentThread {
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<()>,
-}
-
-impl AgentThread {
     fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.handle.join();
+    }
+}
+
+/// A frame-capture device until its thread starts.
+struct CaptureSetup {
+    name: String,
+    device: Arc<Mutex<CaptureDevice>>,
+    notify: EventFd,
+    window: u64,
+    vector: u8,
+}
+
+impl CaptureSetup {
+    /// Capture device `index` (0-based) in the virtio-mmio window after the agent's.
+    fn new(
+        index: usize,
+        name: &str,
+        vm: &Arc<Vm>,
+        grants: &Arc<GrantManager>,
+        mmio: &mut Bus,
+    ) -> Result<Self, VmmError> {
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"));
+        let window = VIRTIO_MMIO_BASE + (index as u64 + 1) * VIRTIO_MMIO_SIZE;
+        let vector = DEVICE_VECTOR_BASE + index as u8 + 1;
+        let device = Arc::new(Mutex::new(CaptureDevice::new(
+            name,
+            vm.ram().clone(),
+            grants.clone(),
+        )));
+        let irqfd = evt()?;
+        vm.add_msi_irqfd(&irqfd, vector)?;
+        let transport = MmioTransport::new(device.clone(), vm.ram().clone(), Interrupt::new(irqfd));
+        mmio.insert(window, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        let notify = evt()?;
+        vm.add_mmio_ioeventfd(&notify, window + QUEUE_NOTIFY)?;
+        Ok(CaptureSetup {
+            name: name.to_string(),
+            device,
+            notify,
+            window,
+            vector,
+        })
+    }
+
+    fn boot_device(&self) -> BootDevice {
+        BootDevice {
+            kind: DeviceKind::Capture,
+            base: self.window,
+            size: VIRTIO_MMIO_SIZE,
+            vector: self.vector,
+            name: self.name.clone(),
+        }
+    }
+
+    fn spawn(self) -> Result<DeviceThread, VmmError> {
+        let handler =
+            CaptureEventHandler::new(self.device, self.notify).map_err(os_err("capture timer"))?;
+        DeviceThread::spawn(&format!("capture-{}", self.name), handler)
     }
 }
 

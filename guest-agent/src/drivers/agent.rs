@@ -38,7 +38,8 @@ pub struct AgentDriver {
     tick_us: u64,
 }
 
-fn zeroed_pages(mm: &mut Mm, hw: &mut impl PhysMem, order: u32) -> Result<u64, InitError> {
+/// `2^order` zeroed pages of unmovable memory for a driver; their guest-physical address.
+pub fn zeroed_pages(mm: &mut Mm, hw: &mut impl PhysMem, order: u32) -> Result<u64, InitError> {
     let pfn = mm.alloc_unmovable(order).ok_or(InitError::NoMemory)?;
     for i in 0..(1u64 << order) {
         zero_frame(hw, Pfn(pfn.0 + i));

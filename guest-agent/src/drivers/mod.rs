@@ -1,3 +1,4 @@
 //! Device drivers.
 pub mod agent;
+pub mod capture;
 pub mod virtio;

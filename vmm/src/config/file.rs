@@ -54,6 +54,8 @@ struct FileConfig {
     #[serde(default)]
     cma: Vec<FileRegion>,
     cma_map: Option<String>,
+    #[serde(default)]
+    capture: Vec<String>,
 }
 
 /// Parse the TOML text of a configuration file; `path` is only for messages.
@@ -86,6 +88,7 @@ pub fn parse(text: &str, path: &str) -> Result<VmConfig, ConfigError> {
     if let Some(map) = &file.cma_map {
         config.map = parse_map_rules(map)?;
     }
+    config.capture = file.capture;
     Ok(config)
 }
 

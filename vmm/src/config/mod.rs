@@ -26,6 +26,8 @@ pub use size::{format_size, parse_addr, parse_size};
 pub const ANY_DEVICE: &str = "*";
 /// Largest `order_per_bit` accepted (one bitmap bit per 2^16 pages = 256 MiB).
 pub const MAX_ORDER_PER_BIT: u32 = 16;
+/// Most frame-capture devices (the boot information describes 8 devices, one is the agent).
+pub const MAX_CAPTURE_DEVICES: usize = 7;
 /// Most vCPUs accepted.
 pub const MAX_VCPUS: u8 = 8;
 
@@ -217,6 +219,17 @@ pub enum ConfigError {
     /// Regions given by more than one of `--config`, `--cma`, `--cma-cmdline`.
     #[error("CMA regions come from more than one of {0}: use one form")]
     MixedSources(String),
+    /// Too many capture devices.
+    #[error("too many capture devices: {0} (at most {MAX_CAPTURE_DEVICES})")]
+    TooManyDevices(usize),
+    /// Two capture devices with one name.
+    #[error("duplicate device name '{0}'")]
+    DuplicateDevice(String),
+    /// A capture device no map rule sends anywhere.
+    #[error(
+        "capture device '{0}' matches no map rule (add one with --cma-map, e.g. '{0}=REGION' or '*=REGION')"
+    )]
+    UnmappedDevice(String),
     /// A guest command line that does not fit the boot information.
     #[error("guest arguments are {0} bytes long: at most 512")]
     GuestArgsTooLong(usize),
@@ -291,6 +304,8 @@ pub struct VmConfig {
     pub regions: Vec<RegionConfig>,
     /// Device→region map rules.
     pub map: Vec<MapRule>,
+    /// Frame-capture devices, by name (what map rules match).
+    pub capture: Vec<String>,
 }
 
 impl Default for VmConfig {
@@ -302,6 +317,7 @@ impl Default for VmConfig {
             guest_args: String::new(),
             regions: Vec::new(),
             map: Vec::new(),
+            capture: Vec::new(),
         }
     }
 }
@@ -345,6 +361,8 @@ pub struct ValidConfig {
     pub regions: Vec<RegionSpec>,
     /// Map rules, every region name known.
     pub map: Vec<MapRule>,
+    /// Frame-capture devices, each reaching at least one region through the map rules.
+    pub capture: Vec<String>,
 }
 
 impl VmConfig {
@@ -368,6 +386,7 @@ impl VmConfig {
         }
         let regions = place::place_regions(self.memory, &self.regions)?;
         self.check_map(&regions)?;
+        self.check_capture()?;
         Ok(ValidConfig {
             memory: self.memory,
             vcpus: self.vcpus,
@@ -375,7 +394,26 @@ impl VmConfig {
             guest_args: self.guest_args.clone(),
             regions,
             map: self.map.clone(),
+            capture: self.capture.clone(),
         })
+    }
+
+    fn check_capture(&self) -> Result<(), ConfigError> {
+        if self.capture.len() > MAX_CAPTURE_DEVICES {
+            return Err(ConfigError::TooManyDevices(self.capture.len()));
+        }
+        for (i, name) in self.capture.iter().enumerate() {
+            if !is_valid_name(name) || name == "agent" {
+                return Err(ConfigError::BadName(name.clone()));
+            }
+            if self.capture[..i].contains(name) {
+                return Err(ConfigError::DuplicateDevice(name.clone()));
+            }
+            if !self.map.iter().any(|r| r.matches(name)) {
+                return Err(ConfigError::UnmappedDevice(name.clone()));
+            }
+        }
+        Ok(())
     }
 
     fn check_memory(&self) -> Result<(), ConfigError> {

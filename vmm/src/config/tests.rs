@@ -346,3 +346,28 @@ fn every_error_is_one_line() {
         assert!(!e.to_string().contains('\n'), "{e}");
     }
 }
+
+#[test]
+fn capture_devices_need_a_map_rule_and_unique_names() {
+    let mut c = flags_form();
+    c.capture = vec!["capture0".into(), "video-dev".into()];
+    assert!(
+        c.validate().is_ok(),
+        "'*' maps capture0, a rule maps video-dev"
+    );
+    c.map = parse_map_rules("video-dev=video").unwrap();
+    assert_eq!(err(&c), ConfigError::UnmappedDevice("capture0".into()));
+    c.capture = vec!["video-dev".into(), "video-dev".into()];
+    assert_eq!(err(&c), ConfigError::DuplicateDevice("video-dev".into()));
+    c.capture = vec!["agent".into()];
+    assert!(matches!(err(&c), ConfigError::BadName(_)));
+    c.capture = (0..8).map(|i| format!("c{i}")).collect();
+    assert!(matches!(err(&c), ConfigError::TooManyDevices(8)));
+    let f = file::parse(
+        "capture = [\"capture0\"]\ncma_map = \"*=a\"\n[[cma]]\nname = \"a\"\nsize = \"4M\"",
+        "x.toml",
+    )
+    .unwrap();
+    assert_eq!(f.capture, vec!["capture0"]);
+    f.validate().unwrap();
+}
