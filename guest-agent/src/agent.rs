@@ -10,7 +10,8 @@
 //! answers, `lie` answers Done without evicting, `spurious` adds answers to requests never
 //! sent and duplicates, `garbage` posts malformed descriptors, `flood` sends a burst of
 //! messages before each answer, `slow` answers late (`agent.delay_ms=`), `stray` asks the
-//! VMM to copy pages into a range the VMM took earlier (device memory).
+//! VMM to copy pages into a range the VMM took earlier (device memory), `reorder` sends
+//! each answer after the next one.
 
 use crate::mm::{CopyEngine, CopyError, CopyMode, Mm, Mmu, PhysMem};
 use crate::workload::Workload;
@@ -55,6 +56,8 @@ pub enum Mode {
     Slow,
     /// Ask the VMM to copy pages into a range it took earlier (device memory).
     Stray,
+    /// Hold each answer back and send it after the next one (replies out of order).
+    Reorder,
 }
 
 impl Mode {
@@ -69,6 +72,7 @@ impl Mode {
             "flood" => Mode::Flood,
             "slow" => Mode::Slow,
             "stray" => Mode::Stray,
+            "reorder" => Mode::Reorder,
             _ => return None,
         })
     }
@@ -96,6 +100,7 @@ pub struct Agent {
     delay_ms: u64,
     completed: [(u64, u64, u64); REMEMBERED],
     next_slot: usize,
+    held: Option<GuestMsg>,
 }
 
 /// Copies a Migrate batch through the VMM.
@@ -148,6 +153,7 @@ impl Agent {
             delay_ms,
             completed: [(0, 0, 0); REMEMBERED],
             next_slot: 0,
+            held: None,
         }
     }
 
@@ -315,6 +321,20 @@ impl Agent {
                         migrated: 0,
                     };
                     let _ = chan.send(&never_sent, 0);
+                }
+            }
+            Mode::Reorder => {
+                // The first answer waits for the second; then both go, newest first.
+                match self.held.take() {
+                    None => {
+                        self.held = Some(msg);
+                        return;
+                    }
+                    Some(older) => {
+                        let _ = chan.send(&msg, 0);
+                        let _ = chan.send(&older, 0);
+                        return;
+                    }
                 }
             }
             Mode::Normal | Mode::Lie | Mode::Stray => {}

@@ -13,7 +13,7 @@
 use guest_agent::mm::{Frame, MetaLayout, Mm, Pageblock, PhysRange};
 use guest_agent::workload::{WORKLOAD_VA_BASE, manifest_bytes};
 use protocol::boot::{BootInfo, MemKind};
-use protocol::layout::{MMIO_HOLE_END, PAGE_SIZE};
+use protocol::layout::{KERNEL_LOAD_ADDR, MMIO_HOLE_END, PAGE_SIZE};
 
 use crate::arch::paging::{FrameSource, PageTables};
 use crate::console::Dec;
@@ -43,8 +43,22 @@ fn table_pages(top: u64, pages: u32) -> u64 {
     1 + 1 + gib + 1 + pds + pts
 }
 
+unsafe extern "C" {
+    /// End of the loaded image, `.bss` included (linker script).
+    static __image_end: u8;
+}
+
 /// Build the allocator and the page tables; the manifest's address.
 pub fn init(info: &BootInfo, pages: u32) -> Result<(Mm<'static>, KernelHw, u64), &'static str> {
+    // The VMM must keep our image, stacks included, out of RAM: never trust it blindly.
+    let image_end = core::ptr::addr_of!(__image_end) as u64;
+    if info
+        .mem_map()
+        .iter()
+        .any(|e| e.kind != MemKind::Reserved && e.base < image_end && e.end() > KERNEL_LOAD_ADDR)
+    {
+        return Err("the memory map hands out part of the guest image");
+    }
     let layout = MetaLayout::new(info).map_err(|_| "the memory map is too large")?;
     let top = info
         .mem_map()

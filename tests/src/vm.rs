@@ -71,6 +71,11 @@ impl TestVm {
         check_guest(self.vm()).expect("query the guest")
     }
 
+    /// Take the running VM out (to shut it down while other threads use it).
+    pub fn take(mut self) -> RunningVmm {
+        self.vm.take().expect("running")
+    }
+
     /// Ask the guest to check its own pages and exit; its status.
     pub fn shutdown_guest(mut self) -> RunOutcome {
         let vm = self.vm.take().expect("running");

@@ -129,7 +129,13 @@ pub fn load_guest(ram: &GuestRam, image: &GuestImage) -> Result<LoadedImage, Boo
         reason: e.to_string(),
     })?;
     let entry = loaded.kernel_load.0;
-    let end = align_up(loaded.kernel_end, PAGE_SIZE).unwrap_or(u64::MAX);
+    // linux-loader's `kernel_end` skips segments with no file contents, such as `.bss`,
+    // which holds the guest's stacks: measure the image from its program headers.
+    let memory_end = load_segments_end(&mut file).map_err(|reason| BootError::Malformed {
+        path: shown.clone(),
+        reason,
+    })?;
+    let end = align_up(loaded.kernel_end.max(memory_end), PAGE_SIZE).unwrap_or(u64::MAX);
     if entry < KERNEL_LOAD_ADDR || entry >= end || end > BOOT_AREA_END {
         return Err(BootError::TooLarge {
             path: shown,
@@ -138,6 +144,41 @@ pub fn load_guest(ram: &GuestRam, image: &GuestImage) -> Result<LoadedImage, Boo
         });
     }
     Ok(LoadedImage { entry, end })
+}
+
+/// One past the last byte of every PT_LOAD segment in memory (`p_paddr + p_memsz`).
+fn load_segments_end(file: &mut File) -> Result<u64, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PT_LOAD: u32 = 1;
+    const PHDR_SIZE: usize = 56;
+    let mut ehdr = [0u8; 64];
+    file.rewind().map_err(|e| e.to_string())?;
+    file.read_exact(&mut ehdr).map_err(|e| e.to_string())?;
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u64_at = |b: &[u8], o: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(w)
+    };
+    let phoff = u64_at(&ehdr, 32);
+    let phnum = usize::from(u16_at(&ehdr, 56));
+    if usize::from(u16_at(&ehdr, 54)) != PHDR_SIZE || phnum > 64 {
+        return Err("unexpected program headers".into());
+    }
+    let mut table = vec![0u8; phnum * PHDR_SIZE];
+    file.seek(SeekFrom::Start(phoff))
+        .map_err(|e| e.to_string())?;
+    file.read_exact(&mut table).map_err(|e| e.to_string())?;
+    let mut end = 0u64;
+    for ph in table.chunks_exact(PHDR_SIZE) {
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) == PT_LOAD {
+            let seg_end = u64_at(ph, 24)
+                .checked_add(u64_at(ph, 40))
+                .ok_or("segment end overflows")?;
+            end = end.max(seg_end);
+        }
+    }
+    Ok(end)
 }
 
 /// A virtio-mmio device to announce to the guest.
