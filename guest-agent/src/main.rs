@@ -82,7 +82,7 @@ extern "C" fn kmain(boot_info_addr: u64) -> ! {
     };
     let args = info.cmdline();
     let pages = cmdline::get_u64(args, "workload.pages", u64::from(lent_pages(&info))) as u32;
-    let (mut mm, mut hw, manifest) = match memory::init(&info, pages) {
+    let (mut mm, mut hw, carved) = match memory::init(&info, pages) {
         Ok(m) => m,
         Err(e) => {
             println!("cma-guest: cannot set up memory: {e}");
@@ -91,7 +91,7 @@ extern "C" fn kmain(boot_info_addr: u64) -> ! {
     };
     progress(PROGRESS_READY);
     print_memory_map(&info);
-    memory::print_stats(&mm);
+    memory::print_stats(&mm, &carved);
     run_test_fault(args);
     match cmdline::get(args, "mode") {
         Some("hang") => loop {
@@ -102,7 +102,7 @@ extern "C" fn kmain(boot_info_addr: u64) -> ! {
         _ => {}
     }
     match info.devices().iter().find(|d| d.kind == DeviceKind::Agent) {
-        Some(dev) => serve::run(&info, dev, &mut mm, &mut hw, manifest, pages),
+        Some(dev) => serve::run(&info, dev, &mut mm, &mut hw, carved.manifest_gpa, pages),
         None => exit(EXIT_OK),
     }
 }

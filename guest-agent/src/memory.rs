@@ -48,8 +48,18 @@ unsafe extern "C" {
     static __image_end: u8;
 }
 
-/// Build the allocator and the page tables; the manifest's address.
-pub fn init(info: &BootInfo, pages: u32) -> Result<(Mm<'static>, KernelHw, u64), &'static str> {
+/// What the boot carve-out holds, for the allocator report.
+pub struct Carved {
+    /// Allocator metadata bytes (frames and pageblocks).
+    pub metadata: u64,
+    /// Workload manifest bytes.
+    pub manifest: u64,
+    /// The manifest's address.
+    pub manifest_gpa: u64,
+}
+
+/// Build the allocator and the page tables.
+pub fn init(info: &BootInfo, pages: u32) -> Result<(Mm<'static>, KernelHw, Carved), &'static str> {
     // The VMM must keep our image, stacks included, out of RAM: never trust it blindly.
     let image_end = core::ptr::addr_of!(__image_end) as u64;
     if info
@@ -99,15 +109,23 @@ pub fn init(info: &BootInfo, pages: u32) -> Result<(Mm<'static>, KernelHw, u64),
     pt.prepare_4k(WORKLOAD_VA_BASE, u64::from(pages) * PAGE_SIZE, &mut bump)
         .map_err(|_| "out of page-table pages")?;
     pt.activate();
-    Ok((mm, KernelHw::new(pt), manifest))
+    let carved = Carved {
+        metadata: layout.bytes(),
+        manifest: manifest_bytes(pages),
+        manifest_gpa: manifest,
+    };
+    Ok((mm, KernelHw::new(pt), carved))
 }
 
-/// One line about the allocator.
-pub fn print_stats(mm: &Mm) {
+/// One line about the allocator (the memory benchmark reads it).
+pub fn print_stats(mm: &Mm, carved: &Carved) {
     let s = mm.stats();
     println!(
-        "cma-guest: page allocator: {} free pages, {} in lent CMA regions",
+        "cma-guest: page allocator: {} free pages, {} in lent CMA regions; managing {} pages with metadata {} bytes; manifest {} bytes",
         Dec(s.free_pages),
-        Dec(s.free_cma_pages)
+        Dec(s.free_cma_pages),
+        Dec(mm.frame_map().frames().into()),
+        Dec(carved.metadata),
+        Dec(carved.manifest)
     );
 }

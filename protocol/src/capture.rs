@@ -102,7 +102,7 @@ impl Command {
 
 /// Bytes of one frame of `width` x `height` in NV12, or `None` if out of range.
 pub fn frame_bytes(width: u32, height: u32) -> Option<u64> {
-    if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
+    if width == 0 || height == 0 || !width.is_multiple_of(2) || !height.is_multiple_of(2) {
         return None;
     }
     let bytes = u64::from(width) * u64::from(height) * 3 / 2;

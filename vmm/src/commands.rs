@@ -52,6 +52,7 @@ fn options(args: &RunArgs) -> VmmOptions {
         kvm_path: args.kvm_path.clone(),
         echo_console: !args.quiet,
         policy: args.policy,
+        ..VmmOptions::default()
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`cli`], [`commands`]: the `cma-vmm` command line.
 
 pub mod arch;
+pub mod bench;
 pub mod boot;
 pub mod cli;
 pub mod cma;
@@ -20,4 +21,5 @@ pub mod exercise;
 pub mod grant;
 pub mod integrity;
 pub mod machine;
+pub mod soak;
 pub mod vstate;

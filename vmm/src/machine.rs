@@ -30,7 +30,7 @@ use crate::devices::virtio::agent::event_handler::AgentEventHandler;
 use crate::devices::virtio::agent::{AgentChannel, AgentDevice};
 use crate::devices::virtio::capture::event_handler::CaptureEventHandler;
 use crate::devices::virtio::capture::{CaptureDevice, CaptureMetrics};
-use crate::devices::virtio::mmio::{Interrupt, MmioTransport, QUEUE_NOTIFY};
+use crate::devices::virtio::mmio::{Interrupt, MmioTransport, QUEUE_NOTIFY, VirtioDevice};
 use crate::grant::{GrantManager, GrantPolicy};
 use crate::vstate::memory::{GuestRam, MemoryError};
 use crate::vstate::slots::SlotError;
@@ -81,6 +81,8 @@ pub struct VmmOptions {
     pub echo_console: bool,
     /// Eviction timeouts and copy mode.
     pub policy: GrantPolicy,
+    /// Back all guest memory with host pages at start.
+    pub prealloc: bool,
 }
 
 impl Default for VmmOptions {
@@ -89,6 +91,7 @@ impl Default for VmmOptions {
             kvm_path: PathBuf::from("/dev/kvm"),
             echo_console: true,
             policy: GrantPolicy::default(),
+            prealloc: false,
         }
     }
 }
@@ -162,6 +165,9 @@ impl Vmm {
         };
         let kvm = open_kvm(&options.kvm_path)?;
         let ram = Arc::new(GuestRam::new(config.memory)?);
+        if options.prealloc {
+            ram.prealloc()?;
+        }
         let image = boot::load_guest(&ram, &image)?;
         crate::arch::write_boot_tables(&ram)?;
         let vm = Arc::new(Vm::new(&kvm, ram.clone())?);
@@ -230,12 +236,11 @@ impl Vmm {
     pub fn start(self) -> Result<RunningVmm, VmmError> {
         let agent_thread = self.agent.spawn()?;
         let mut capture_metrics = Vec::new();
+        let mut capture_devices = Vec::new();
         let mut device_threads = Vec::new();
         for c in self.captures {
-            capture_metrics.push((
-                c.name.clone(),
-                crate::vstate::vm::lock(&c.device).metrics.clone(),
-            ));
+            capture_metrics.push((c.name.clone(), lock(&c.device).metrics.clone()));
+            capture_devices.push(c.device.clone());
             device_threads.push(c.spawn()?);
         }
         let mut threads = Vec::new();
@@ -253,6 +258,7 @@ impl Vmm {
             agent_thread,
             device_threads,
             capture_metrics,
+            capture_devices,
             grants: self.grants,
             control: self.control,
             counters: self.counters,
@@ -272,6 +278,7 @@ pub struct RunningVmm {
     agent_thread: DeviceThread,
     device_threads: Vec<DeviceThread>,
     capture_metrics: Vec<(String, Arc<CaptureMetrics>)>,
+    capture_devices: Vec<Arc<Mutex<CaptureDevice>>>,
     grants: Arc<GrantManager>,
     control: Arc<VcpuControl>,
     counters: Arc<ExitCounters>,
@@ -397,6 +404,10 @@ impl RunningVmm {
         }
         for t in self.device_threads {
             t.stop();
+        }
+        // Devices give their chunks back (the guest is gone: only the bits are cleared).
+        for d in &self.capture_devices {
+            lock(d).reset();
         }
         self.agent_thread.stop();
     }

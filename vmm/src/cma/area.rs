@@ -300,6 +300,11 @@ impl Area {
             alloc_latency: m.alloc_latency.summary(),
             search_latency: m.search_latency.summary(),
             free_latency: m.free_latency.summary(),
+            metadata_bytes: s.bitmap.heap_bytes()
+                + s.chunks.len() as u64 * std::mem::size_of::<Entry>() as u64
+                + m.alloc_latency.heap_bytes()
+                + m.search_latency.heap_bytes()
+                + m.free_latency.heap_bytes(),
         }
     }
 

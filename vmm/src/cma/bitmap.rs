@@ -73,6 +73,15 @@ impl Bitmap {
         }
         map
     }
+    /// Heap bytes the bitmap and its summary levels take.
+    pub fn heap_bytes(&self) -> u64 {
+        let own = self.words.len() as u64 * 8;
+        own + self
+            .summary
+            .as_ref()
+            .map_or(0, |s| s.full.heap_bytes() + s.used.heap_bytes())
+    }
+
     /// Number of bits.
     pub fn nbits(&self) -> u64 {
         self.nbits

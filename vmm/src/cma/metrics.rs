@@ -34,6 +34,11 @@ impl Default for LatencyHistogram {
 }
 
 impl LatencyHistogram {
+    /// Heap bytes of the histogram.
+    pub fn heap_bytes(&self) -> u64 {
+        self.buckets.len() as u64 * 8
+    }
+
     /// Count one duration.
     pub fn record(&mut self, d: Duration) {
         self.record_ns(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
@@ -161,7 +166,9 @@ pub struct RegionStats {
     pub largest_free: u64,
     /// Live chunks (in any state).
     pub chunks: u64,
-    /// The bitmap as hex ([`super::bitmap::Bitmap::to_hex`]).
+    /// The bitmap as hex ([`super::bitmap::Bitmap::to_hex`]); left out of the JSON when
+    /// emptied (the control API's region list does, to keep it small).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub bitmap: String,
     /// Allocations granted from this region.
     pub allocs_ok: u64,
@@ -185,6 +192,9 @@ pub struct RegionStats {
     pub search_latency: LatencySummary,
     /// Free latency, release included.
     pub free_latency: LatencySummary,
+    /// Host memory the region's allocator state takes (bitmap, summaries, chunk table,
+    /// histograms): the VMM's memory cost of the region.
+    pub metadata_bytes: u64,
 }
 
 /// What `info_about("r1,r2")` reports over a set of regions (the v9 `cma_info`).

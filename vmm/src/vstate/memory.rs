@@ -53,6 +53,10 @@ pub struct GuestRam {
     memory: GuestMemoryMmap,
     file: File,
     size: u64,
+    /// `(start, end, host address of start)` of each RAM range, for fast translation.
+    host: Vec<(u64, u64, u64)>,
+    /// Every page has been given host backing ([`GuestRam::prealloc`]).
+    preallocated: std::sync::atomic::AtomicBool,
 }
 
 impl GuestRam {
@@ -83,7 +87,23 @@ impl GuestRam {
         }
         let memory = GuestMemoryMmap::from_ranges_with_files(&ranges)
             .map_err(|e| MemoryError::Map(e.to_string()))?;
-        Ok(GuestRam { memory, file, size })
+        let host = memory
+            .iter()
+            .map(|r| {
+                let start = r.start_addr().0;
+                let ptr = r
+                    .get_host_address(vm_memory::MemoryRegionAddress(0))
+                    .map_or(0, |p| p as u64);
+                (start, start + r.len(), ptr)
+            })
+            .collect();
+        Ok(GuestRam {
+            memory,
+            file,
+            size,
+            host,
+            preallocated: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// The vm-memory view, for loaders, virtqueues and devices.
@@ -119,7 +139,18 @@ impl GuestRam {
 
     /// The host virtual address of `gpa`'s byte (for KVM memory slots).
     pub fn host_address(&self, gpa: u64) -> Result<u64, MemoryError> {
-        Ok(self.slice(gpa, 1)?.ptr_guard().as_ptr() as u64)
+        self.host_range(gpa, 1)
+            .ok_or(MemoryError::OutOfRange { gpa, len: 1 })
+    }
+
+    /// The host address of `[gpa, gpa+len)` if it lies inside one RAM range (the fast
+    /// path of page copies).
+    pub fn host_range(&self, gpa: u64, len: u64) -> Option<u64> {
+        let end = gpa.checked_add(len)?;
+        self.host
+            .iter()
+            .find(|&&(s, e, _)| gpa >= s && end <= e)
+            .map(|&(s, _, h)| h + (gpa - s))
     }
 
     /// Copy `len` bytes from `src` to `dst` inside guest RAM at host speed.
@@ -193,6 +224,36 @@ impl GuestRam {
             offset += end - start;
         }
         Err(MemoryError::OutOfRange { gpa, len })
+    }
+
+    /// Back every page of guest RAM now (`--prealloc`): no first-touch faults later, at the
+    /// price of the whole size in host memory.
+    pub fn prealloc(&self) -> Result<(), MemoryError> {
+        for &(start, end, host) in &self.host {
+            // SAFETY: `[host, host + (end - start))` is our own mapping of this RAM range;
+            // MADV_POPULATE_WRITE faults pages in and changes no contents.
+            let rc = unsafe {
+                libc::madvise(
+                    host as *mut libc::c_void,
+                    (end - start) as usize,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
+            if rc != 0 {
+                return Err(MemoryError::Create {
+                    size: self.size,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        self.preallocated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether every page has host backing already.
+    pub fn is_preallocated(&self) -> bool {
+        self.preallocated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes of guest RAM the host actually backs right now (memfd blocks in use).

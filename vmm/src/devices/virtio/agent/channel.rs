@@ -62,6 +62,10 @@ pub struct AgentMetrics {
     pub timeouts: AtomicU64,
     /// Pages copied for the guest (VMM-assisted migration).
     pub pages_copied: AtomicU64,
+    /// Nanoseconds spent copying those pages (the copy alone, checks excluded).
+    pub copy_ns: AtomicU64,
+    /// Nanoseconds spent giving host backing to destination pages never touched before.
+    pub backing_ns: AtomicU64,
     /// Migration pairs refused (outside the evicted range, into device memory, ...).
     pub pairs_refused: AtomicU64,
     /// Hello messages received.

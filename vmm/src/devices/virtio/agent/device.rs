@@ -136,8 +136,10 @@ impl AgentDevice {
                 return used;
             };
             let written = match writable_buffer(chain, MSG_SIZE as u32) {
-                Some(addr) => self.ram.write(addr, &msg.encode()).is_ok(),
-                None => false,
+                Some(addr) if self.guest_may_use(addr, MSG_SIZE as u32) => {
+                    self.ram.write(addr, &msg.encode()).is_ok()
+                }
+                _ => false,
             };
             if written {
                 AgentMetrics::inc(&self.metrics().requests_sent);
@@ -166,13 +168,35 @@ impl AgentDevice {
                 break;
             };
             let layout = split_chain(chain);
-            let written = self.handle_chain(&layout);
+            let written = if self.chain_is_guest_memory(&layout) {
+                self.handle_chain(&layout)
+            } else {
+                AgentMetrics::inc(&self.metrics().bad_descriptors);
+                0
+            };
             if let Some(q) = self.queues.get_mut(GUESTQ) {
                 let _ = q.add_used(ram.memory(), layout.head, written);
             }
             used = true;
         }
         used
+    }
+
+    /// Whether the guest may have the VMM read or write `[addr, addr+len)` on its behalf:
+    /// never memory a device owns. A granted chunk is out of the guest's own reach, so a
+    /// descriptor pointing there would make the VMM write (ack, request) or leak (message,
+    /// payload) device memory for the guest.
+    fn guest_may_use(&self, addr: u64, len: u32) -> bool {
+        !(self.device_owned)(addr, u64::from(len))
+    }
+
+    /// Whether every buffer of a guestq chain that the device uses is the guest's memory.
+    fn chain_is_guest_memory(&self, chain: &GuestChain) -> bool {
+        chain
+            .readable
+            .iter()
+            .chain(&chain.ack)
+            .all(|&(addr, len)| self.guest_may_use(addr, len))
     }
 
     /// Handle one guestq chain; the number of bytes written into it.
@@ -259,20 +283,42 @@ impl AgentDevice {
             }
         };
         let end = start + len;
-        for i in 0..count {
-            let Ok(pair) = MigratePair::decode(&payload, i) else {
-                return refuse(i as u32);
-            };
+        let pairs: Vec<MigratePair> = (0..count)
+            .map_while(|i| MigratePair::decode(&payload, i).ok())
+            .collect();
+        // Check every pair first, then copy: a refused batch copies nothing.
+        for (i, pair) in pairs.iter().enumerate() {
             let src_ok = pair.src % PAGE_SIZE == 0 && pair.src >= start && pair.src < end;
             let dst_ok = pair.dst % PAGE_SIZE == 0
                 && (pair.dst.saturating_add(PAGE_SIZE) <= start || pair.dst >= end)
                 && self.ram.contains(pair.dst, PAGE_SIZE)
+                && self.ram.contains(pair.src, PAGE_SIZE)
                 && !(self.device_owned)(pair.dst, PAGE_SIZE);
-            if !src_ok || !dst_ok || self.copy_page(pair.src, pair.dst).is_err() {
+            if !src_ok || !dst_ok {
                 AgentMetrics::inc(&self.metrics().pairs_refused);
                 return refuse(i as u32);
             }
         }
+        if pairs.len() != count {
+            return refuse(pairs.len() as u32);
+        }
+        let started = std::time::Instant::now();
+        self.populate_destinations(&pairs);
+        let populated = started.elapsed();
+        for (i, pair) in pairs.iter().enumerate() {
+            if self.copy_page(pair.src, pair.dst).is_err() {
+                return refuse(i as u32);
+            }
+        }
+        let m = self.metrics();
+        m.backing_ns.fetch_add(
+            populated.as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.copy_ns.fetch_add(
+            (started.elapsed() - populated).as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.metrics()
             .pages_copied
             .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
@@ -282,14 +328,48 @@ impl AgentDevice {
         }
     }
 
-    fn copy_page(&self, src: u64, dst: u64) -> Result<(), ()> {
-        let from = self.ram.host_address(src).map_err(|_| ())?;
-        let to = self.ram.host_address(dst).map_err(|_| ())?;
-        // Both pages lie inside one RAM range (checked by `host_address` for their first
-        // byte and by page alignment for the rest).
-        if !self.ram.contains(src, PAGE_SIZE) {
-            return Err(());
+    /// Fault the destination pages in, one call per contiguous run. Guest memory the guest
+    /// never touched is not backed by the host yet: giving it backing (allocating and
+    /// zeroing host pages) is a cost of its own, measured apart from the copy.
+    fn populate_destinations(&self, pairs: &[MigratePair]) {
+        if self.ram.is_preallocated() {
+            return;
         }
+        let mut dsts: Vec<u64> = pairs.iter().map(|p| p.dst).collect();
+        dsts.sort_unstable();
+        let mut run: Option<(u64, u64)> = None;
+        let flush = |(start, len): (u64, u64)| {
+            if let Some(host) = self.ram.host_range(start, len) {
+                // SAFETY: `[host, host+len)` maps guest RAM (checked by `host_range`);
+                // MADV_POPULATE_WRITE only faults pages in, it changes no contents.
+                unsafe {
+                    libc::madvise(
+                        host as *mut libc::c_void,
+                        len as usize,
+                        libc::MADV_POPULATE_WRITE,
+                    )
+                };
+            }
+        };
+        for dst in dsts {
+            run = match run {
+                Some((start, len)) if start + len == dst => Some((start, len + PAGE_SIZE)),
+                Some((start, len)) if start + len > dst => Some((start, len)),
+                Some(r) => {
+                    flush(r);
+                    Some((dst, PAGE_SIZE))
+                }
+                None => Some((dst, PAGE_SIZE)),
+            };
+        }
+        if let Some(r) = run {
+            flush(r);
+        }
+    }
+
+    fn copy_page(&self, src: u64, dst: u64) -> Result<(), ()> {
+        let from = self.ram.host_range(src, PAGE_SIZE).ok_or(())?;
+        let to = self.ram.host_range(dst, PAGE_SIZE).ok_or(())?;
         // SAFETY: `from` and `to` are host addresses of two distinct, page-aligned guest
         // pages inside the guest RAM mapping, which outlives this call. The guest may write
         // them concurrently (it has unmapped the source; a malicious guest only corrupts its
