@@ -1,11 +1,13 @@
 //! Helpers for the end-to-end tests: KVM checks, spawning the VMM, parsing guest output.
 
+pub mod api;
 pub mod vm;
 
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
 
 /// Panic with a clear message unless /dev/kvm can be opened. Tests that need KVM call
 /// this first; with `CMA_SKIP_KVM_TESTS=1` they are compiled as ignored instead.

@@ -18,8 +18,12 @@ pub enum Command {
     Version,
     /// Boot a VM.
     Run(RunArgs),
-    /// Measure boot time.
-    BenchBoot(BenchArgs),
+    /// Run a benchmark.
+    Bench(BenchKind, BenchArgs),
+    /// Random operations with every guest page checked after each.
+    Soak(SoakArgs),
+    /// Talk to a running VMM's control API.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// `cma-vmm run` arguments.
@@ -41,6 +45,12 @@ pub struct RunArgs {
     pub policy: GrantPolicy,
     /// Allocate and free this many chunks once the guest has populated lent memory.
     pub exercise: u32,
+    /// Back all guest memory with host pages at start.
+    pub prealloc: bool,
+    /// Serve the control API on this Unix socket.
+    pub api_sock: Option<PathBuf>,
+    /// Write the metrics document to this file every second and at exit.
+    pub metrics_path: Option<PathBuf>,
 }
 
 /// `cma-vmm bench boot` arguments.
@@ -61,6 +71,10 @@ cma-vmm: a KVM VMM with a hypervisor-level contiguous memory allocator
 usage:
   cma-vmm run [options]           boot the guest with CMA regions
   cma-vmm bench boot [--runs N] [--json PATH] [run options]
+  cma-vmm bench evict|latency|memory|all [--runs N] [--json PATH]
+  cma-vmm soak [--cycles N] [--seed S] [--json PATH]
+  cma-vmm ctl --api-sock PATH [--timeout SECS] COMMAND
+                                  call a running VMM's control API (commands below)
   cma-vmm --help | --version
 
 run options:
@@ -73,6 +87,8 @@ run options:
   --cma-map 'dev[,dev]=r[,r];*=r' device -> region map rules, first match wins
   --cma-cmdline 'cma=N=S[@A][/S];... cma_map=...'
                                   regions and rules in the original CMA patches' syntax
+  --capture NAME                  a frame-capture device named NAME (repeatable; a map rule
+                                  must send NAME to a region)
   --guest-args STR                the guest's command line
   --exercise N                    once the guest has populated lent memory, allocate and
                                   free N chunks of several sizes and alignments, check every
@@ -80,10 +96,29 @@ run options:
   --evict-timeout MS              how long to wait for the guest to evict a range (default 2000)
   --copy-mode host|guest          who copies migrated pages (default host)
   --stats                         print per-region CMA statistics at exit
+  --prealloc                      back all guest memory with host pages at start
   --timeout SECS                  stop the guest after SECS seconds
   --dry-run                       validate, print the memory layout, do not boot
   --quiet                         do not echo the guest console
   --kvm PATH                      KVM device (default /dev/kvm)
+  --api-sock PATH                 serve the control API (HTTP/1.1 + JSON) on a new Unix
+                                  socket (mode 0600; an existing path is refused); the VMM
+                                  then runs until the guest exits, --timeout, or SIGINT/SIGTERM
+  --metrics-path PATH             write the metrics document (JSON) to PATH every second
+                                  and at exit
+
+ctl commands (the answer is printed as JSON; exit status 1 on an error):
+  vm                              guest state, boot milestones, agent
+  wait                            until the guest has populated its lent memory
+  regions [NAME]                  regions with statistics (NAME: one, with its bitmap)
+  chunks | chunk ID               granted chunks
+  alloc (--device NAME | --regions R1,R2) --size SIZE [--align SIZE] [--offset SIZE]
+        [--mode exclusive|shared] [--unpinned]
+  free ID | pin ID | unpin ID     a chunk allocated through the API (ID as in cma1:0:42)
+  compact REGION                  move unpinned chunks to grow the largest free run
+  metrics                         the metrics document
+  verify                          check every guest page from the host
+  shutdown                        ask the guest to check its pages and exit
 
 Sizes take K, M or G suffixes; addresses may be hex (0x...).";
 
@@ -99,6 +134,9 @@ pub enum CliError {
     /// A flag without its value.
     #[error("option '{0}' needs a value")]
     MissingValue(String),
+    /// A flag that must be given.
+    #[error("option '{0}' is required")]
+    Required(String),
     /// A flag given twice where once is allowed.
     #[error("option '{0}' given more than once")]
     Repeated(String),
@@ -138,16 +176,86 @@ pub fn parse(argv: Vec<String>) -> Result<Command, CliError> {
         None | Some("--help") | Some("-h") | Some("help") => Ok(Command::Help),
         Some("--version") | Some("-V") => Ok(Command::Version),
         Some("run") => Ok(Command::Run(parse_run(&mut args, &mut |_, _| Ok(false))?)),
-        Some("bench") => match args.items.next().as_deref() {
-            Some("boot") => parse_bench(&mut args),
-            Some(other) => Err(CliError::UnknownCommand(format!("bench {other}"))),
-            None => Err(CliError::MissingValue("bench".into())),
-        },
+        Some("ctl") => {
+            let rest: Vec<String> = args.items.collect();
+            if rest.iter().any(|a| a == "--help" || a == "-h") {
+                return Ok(Command::Help);
+            }
+            Ok(Command::Ctl(crate::ctl::parse(rest)?))
+        }
+        Some("bench") => {
+            let kind = match args.items.next().as_deref() {
+                Some("boot") => BenchKind::Boot,
+                Some("evict") => BenchKind::Evict,
+                Some("latency") => BenchKind::Latency,
+                Some("memory") => BenchKind::Memory,
+                Some("all") => BenchKind::All,
+                Some(other) => return Err(CliError::UnknownCommand(format!("bench {other}"))),
+                None => return Err(CliError::MissingValue("bench".into())),
+            };
+            parse_bench(kind, &mut args)
+        }
+        Some("soak") => parse_soak(&mut args),
         Some(other) => Err(CliError::UnknownCommand(other.to_string())),
     }
 }
 
-fn parse_bench(args: &mut Args) -> Result<Command, CliError> {
+/// What `cma-vmm bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchKind {
+    /// Process start to first guest instruction and to guest-ready.
+    Boot,
+    /// Eviction throughput against host memcpy.
+    Evict,
+    /// Allocation latency and exits, 4 KiB to 64 MiB, empty and populated.
+    Latency,
+    /// Guest metadata per lent GiB, VMM memory per region.
+    Memory,
+    /// All of the above.
+    All,
+}
+
+/// `cma-vmm soak` arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoakArgs {
+    /// Cycles to run.
+    pub cycles: u64,
+    /// Random seed.
+    pub seed: u64,
+    /// Where to write the JSON report.
+    pub json: Option<PathBuf>,
+}
+
+fn parse_soak(args: &mut Args) -> Result<Command, CliError> {
+    let mut soak = SoakArgs {
+        cycles: 1000,
+        seed: 0x50a4,
+        json: None,
+    };
+    while let Some(flag) = args.items.next() {
+        let value = args.value(&flag)?;
+        let bad = |reason: &str| CliError::BadValue {
+            flag: flag.clone(),
+            value: value.clone(),
+            reason: reason.into(),
+        };
+        match flag.as_str() {
+            "--cycles" => {
+                soak.cycles = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=10_000_000).contains(n))
+                    .ok_or_else(|| bad("expected 1 to 10000000"))?
+            }
+            "--seed" => soak.seed = value.parse().map_err(|_| bad("expected an integer"))?,
+            "--json" => soak.json = Some(PathBuf::from(value)),
+            _ => return Err(CliError::UnknownFlag(flag)),
+        }
+    }
+    Ok(Command::Soak(soak))
+}
+
+fn parse_bench(kind: BenchKind, args: &mut Args) -> Result<Command, CliError> {
     let mut runs = 10;
     let mut json = None;
     let run = parse_run(args, &mut |flag, args| match flag {
@@ -170,7 +278,7 @@ fn parse_bench(args: &mut Args) -> Result<Command, CliError> {
         }
         _ => Ok(false),
     })?;
-    Ok(Command::BenchBoot(BenchArgs { runs, json, run }))
+    Ok(Command::Bench(kind, BenchArgs { runs, json, run }))
 }
 
 /// Milliseconds, 1 to 1 hour.
@@ -195,6 +303,7 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
     let mut vcpus = None;
     let mut kernel = None;
     let mut regions = Vec::new();
+    let mut capture = Vec::new();
     let mut map = None;
     let mut cmdline = None;
     let mut guest_args = None;
@@ -207,6 +316,9 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
         kvm_path: PathBuf::from("/dev/kvm"),
         policy: GrantPolicy::default(),
         exercise: 0,
+        prealloc: false,
+        api_sock: None,
+        metrics_path: None,
     };
     while let Some(flag) = args.items.next() {
         let once = |slot: bool| {
@@ -238,6 +350,7 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
                 kernel = Some(PathBuf::from(args.value(&flag)?));
             }
             "--cma" => regions.push(parse_region_flag(&args.value(&flag)?)?),
+            "--capture" => capture.push(args.value(&flag)?),
             "--cma-map" => {
                 once(map.is_some())?;
                 map = Some(parse_map_rules(&args.value(&flag)?)?);
@@ -252,8 +365,17 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
             }
             "--stats" => run.stats = true,
             "--dry-run" => run.dry_run = true,
+            "--prealloc" => run.prealloc = true,
             "--quiet" => run.quiet = true,
             "--kvm" => run.kvm_path = PathBuf::from(args.value(&flag)?),
+            "--api-sock" => {
+                once(run.api_sock.is_some())?;
+                run.api_sock = Some(PathBuf::from(args.value(&flag)?));
+            }
+            "--metrics-path" => {
+                once(run.metrics_path.is_some())?;
+                run.metrics_path = Some(PathBuf::from(args.value(&flag)?));
+            }
             "--evict-timeout" => {
                 let v = args.value(&flag)?;
                 run.policy.evict_timeout = parse_millis(&flag, &v)?;
@@ -338,6 +460,9 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
     }
     if let Some(g) = guest_args {
         config.guest_args = g;
+    }
+    if !capture.is_empty() {
+        config.capture = capture;
     }
     run.config = config;
     Ok(run)
@@ -438,6 +563,25 @@ mod tests {
     }
 
     #[test]
+    fn api_flags() {
+        let r = run_args(&[
+            "run",
+            "--api-sock",
+            "/tmp/a.sock",
+            "--metrics-path",
+            "/tmp/m.json",
+        ]);
+        assert_eq!(r.api_sock, Some(PathBuf::from("/tmp/a.sock")));
+        assert_eq!(r.metrics_path, Some(PathBuf::from("/tmp/m.json")));
+        let e = parse(argv(&["run", "--api-sock", "a", "--api-sock", "b"])).unwrap_err();
+        assert_eq!(e, CliError::Repeated("--api-sock".into()));
+        match parse(argv(&["ctl", "--api-sock", "/tmp/a.sock", "regions"])).unwrap() {
+            Command::Ctl(c) => assert_eq!(c.command, crate::ctl::CtlCommand::Regions(None)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn bench_flags() {
         match parse(argv(&[
             "bench",
@@ -453,7 +597,7 @@ mod tests {
         ]))
         .unwrap()
         {
-            Command::BenchBoot(b) => {
+            Command::Bench(BenchKind::Boot, b) => {
                 assert_eq!(b.runs, 3);
                 assert_eq!(b.json, Some(PathBuf::from("/tmp/x.json")));
                 assert_eq!(b.run.config.memory, 64 << 20);

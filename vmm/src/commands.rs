@@ -2,15 +2,22 @@
 //!
 //! Exit codes: the guest's own status when it exits (0 = success), [`EXIT_VMM_ERROR`] when
 //! the VMM cannot start (bad input, no KVM, no image), [`EXIT_GUEST_CRASH`] when the guest
-//! crashes or the run is stopped by `--timeout`.
+//! crashes or the run is stopped by `--timeout`. A run with `--api-sock` or
+//! `--metrics-path` stopped by SIGINT or SIGTERM exits 0 (a clean, requested stop).
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
-use crate::cli::{BenchArgs, Command, RunArgs, USAGE};
+use crate::api::metrics::{METRICS_PERIOD, check_writable};
+use crate::api::{
+    ApiContext, ApiMetrics, ApiSocket, MetricsSource, MetricsWriter, Server, ServerConfig,
+};
+use crate::cli::{BenchArgs, BenchKind, Command, RunArgs, SoakArgs, USAGE};
 use crate::config::{ValidConfig, format_size};
-use crate::machine::{BootTimes, RunOutcome, Vmm, VmmOptions};
+use crate::machine::{BootTimes, RunOutcome, RunReport, RunningVmm, Vmm, VmmOptions};
 
 /// The VMM could not start: bad input, KVM, guest image.
 pub const EXIT_VMM_ERROR: i32 = 1;
@@ -38,7 +45,95 @@ pub fn run(command: Command) -> i32 {
             0
         }
         Command::Run(args) => run_vm(&args),
-        Command::BenchBoot(args) => bench_boot(&args),
+        Command::Bench(kind, args) => bench(kind, &args),
+        Command::Soak(args) => soak(&args),
+        Command::Ctl(args) => crate::ctl::run(&args),
+    }
+}
+
+/// Run one benchmark (or all) and write its JSON and charts.
+fn bench(kind: BenchKind, args: &BenchArgs) -> i32 {
+    let path = |name: &str| {
+        args.json
+            .clone()
+            .filter(|_| kind != BenchKind::All)
+            .unwrap_or_else(|| crate::bench::output_dir().join(format!("{name}.json")))
+    };
+    let runs = args.runs as usize;
+    let mut code = 0;
+    if matches!(kind, BenchKind::Boot | BenchKind::All) {
+        code = code.max(bench_boot(args));
+    }
+    type Job = fn(usize) -> Result<(serde_json::Value, Vec<crate::bench::svg::Chart>), String>;
+    let jobs: [(BenchKind, &str, Job); 3] = [
+        (BenchKind::Evict, "evict", crate::bench::evict::run),
+        (BenchKind::Latency, "latency", |runs| {
+            crate::bench::latency::run(runs, (runs / 3).max(2))
+        }),
+        (BenchKind::Memory, "memory", |_| crate::bench::memory::run()),
+    ];
+    for (k, name, job) in jobs {
+        if kind != k && kind != BenchKind::All {
+            continue;
+        }
+        match job(runs).and_then(|(json, charts)| {
+            crate::bench::write_report(&path(name), &json, &charts).map_err(|e| e.to_string())
+        }) {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+            }
+            Err(e) => code = fail(format!("bench {name}: {e}")),
+        }
+    }
+    code
+}
+
+/// `cma-vmm soak`: print progress, the final report, and exit non-zero if anything broke.
+fn soak(args: &SoakArgs) -> i32 {
+    println!("soak: {} cycles, seed {:#x}", args.cycles, args.seed);
+    let mut progress = |r: &crate::soak::SoakReport| {
+        println!(
+            "soak: {} cycles: {} allocs ({} no space, {} busy), {} frees, {} pins/unpins, {} compactions ({} chunks moved), {} pages verified, {} integrity errors",
+            r.cycles,
+            r.allocs,
+            r.allocs_no_space,
+            r.allocs_busy,
+            r.frees,
+            r.pins,
+            r.compactions,
+            r.chunks_moved,
+            r.pages_verified,
+            r.integrity_errors
+        );
+    };
+    let report = match crate::soak::run(args.cycles, args.seed, &mut progress) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("soak: {e}")),
+    };
+    progress(&report);
+    println!(
+        "soak: {} capture frames meanwhile; bitmaps empty at the end: {}; guest's own check: {:?}; {:.1} s",
+        report.capture_frames, report.bitmaps_empty, report.guest_exit, report.seconds
+    );
+    for f in &report.failures {
+        println!("soak: FAILURE {f}");
+    }
+    let path = args
+        .json
+        .clone()
+        .unwrap_or_else(|| crate::bench::output_dir().join("soak.json"));
+    if let Ok(json) = serde_json::to_value(&report)
+        && crate::bench::write_report(&path, &json, &[]).is_ok()
+    {
+        println!("wrote {}", path.display());
+    }
+    if report.is_clean() {
+        println!("soak: clean");
+        0
+    } else {
+        EXIT_GUEST_CRASH
     }
 }
 
@@ -52,7 +147,7 @@ fn options(args: &RunArgs) -> VmmOptions {
         kvm_path: args.kvm_path.clone(),
         echo_console: !args.quiet,
         policy: args.policy,
-        ..VmmOptions::default()
+        prealloc: args.prealloc,
     }
 }
 
@@ -89,6 +184,15 @@ fn run_vm(args: &RunArgs) -> i32 {
         print_layout(&config);
         return 0;
     }
+    // Like any bad input, a socket path in use or an unwritable metrics file stops us
+    // before the VM is built.
+    let socket = match args.api_sock.as_deref().map(ApiSocket::bind).transpose() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if let Some(Err(e)) = args.metrics_path.as_deref().map(check_writable) {
+        return fail(e);
+    }
     let vmm = match Vmm::new(config, &options(args)) {
         Ok(v) => v,
         Err(e) => return fail(e),
@@ -97,20 +201,34 @@ fn run_vm(args: &RunArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    if args.exercise > 0 {
-        match crate::exercise::run(&running, args.exercise) {
-            Ok(summary) if summary.integrity.is_clean() => {
-                // The guest checks its own pages too, then exits with the verdict.
-                let _ = running.grants().agent().shutdown_guest();
-            }
-            Ok(_) => eprintln!("cma-vmm: the exercise found integrity errors"),
-            Err(e) => eprintln!("cma-vmm: exercise: {e}"),
-        }
+    if socket.is_some() || args.metrics_path.is_some() {
+        return run_with_api(args, running, socket);
     }
+    exercise(args, &running);
     if args.stats {
         crate::exercise::print_stats(&running);
     }
     let report = running.wait(args.timeout);
+    finish(&report)
+}
+
+/// `--exercise N`: allocate and free N chunks, then let the guest check itself and exit.
+fn exercise(args: &RunArgs, running: &RunningVmm) {
+    if args.exercise == 0 {
+        return;
+    }
+    match crate::exercise::run(running, args.exercise) {
+        Ok(summary) if summary.integrity.is_clean() => {
+            // The guest checks its own pages too, then exits with the verdict.
+            let _ = running.grants().agent().shutdown_guest();
+        }
+        Ok(_) => eprintln!("cma-vmm: the exercise found integrity errors"),
+        Err(e) => eprintln!("cma-vmm: exercise: {e}"),
+    }
+}
+
+/// Report how the run ended; the exit code.
+fn finish(report: &RunReport) -> i32 {
     report_outcome(&report.outcome);
     // `bench boot` reads this line from its child VMMs.
     if std::env::var_os("CMA_VMM_BOOT_TIMES").is_some()
@@ -119,6 +237,110 @@ fn run_vm(args: &RunArgs) -> i32 {
         eprintln!("boot-times {json}");
     }
     exit_code(&report.outcome)
+}
+
+/// The signal that asked us to stop (0: none yet).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only an atomic store: async-signal-safe.
+    STOP_SIGNAL.store(num, Ordering::SeqCst);
+}
+
+/// Why a run with the API ended.
+enum Ending {
+    /// The guest exited or crashed.
+    Guest,
+    /// `--timeout`.
+    Timeout,
+    /// SIGINT or SIGTERM.
+    Signal(i32),
+    /// The API server or the metrics writer could not start.
+    Failed(String),
+}
+
+/// A run with the control API and/or the metrics file: serve until the guest exits,
+/// `--timeout`, or SIGINT/SIGTERM; then stop the server (the socket is removed), write the
+/// metrics a last time, and stop the VM.
+fn run_with_api(args: &RunArgs, running: RunningVmm, socket: Option<ApiSocket>) -> i32 {
+    let deadline = args.timeout.map(|t| Instant::now() + t);
+    let source = MetricsSource::new(&running, Arc::new(ApiMetrics::default()));
+    let context = ApiContext::new(&running, source.clone());
+    let ending = std::thread::scope(|scope| {
+        let server = match socket
+            .map(|sock| Server::spawn(scope, sock, &context, ServerConfig::default()))
+            .transpose()
+        {
+            Ok(s) => s,
+            Err(e) => return Ending::Failed(format!("cannot start the API server: {e}")),
+        };
+        let writer = args.metrics_path.clone().map(|path| {
+            let source = source.clone();
+            MetricsWriter::spawn(path, METRICS_PERIOD, move || source.collect())
+        });
+        let writer = match writer.transpose() {
+            Ok(w) => w,
+            Err(e) => {
+                if let Some(server) = server {
+                    server.stop();
+                }
+                return Ending::Failed(format!("cannot start the metrics writer: {e}"));
+            }
+        };
+        exercise(args, &running);
+        let ending = wait_for_end(&running, deadline);
+        // Requests still waiting on the guest give up now rather than at their timeouts.
+        running.grants().agent().stop();
+        if let Some(server) = server {
+            server.stop();
+        }
+        if let Some(writer) = writer {
+            writer.stop();
+        }
+        ending
+    });
+    if args.stats {
+        crate::exercise::print_stats(&running);
+    }
+    let report = running.wait(Some(Duration::ZERO));
+    match ending {
+        Ending::Failed(e) => fail(e),
+        Ending::Signal(num) if report.outcome == RunOutcome::Stopped => {
+            eprintln!("cma-vmm: stopped by signal {num}");
+            0
+        }
+        Ending::Guest | Ending::Timeout | Ending::Signal(_) => finish(&report),
+    }
+}
+
+/// Wait for the guest to stop, the deadline, or SIGINT/SIGTERM (handled from here on:
+/// before, they end the process as usual).
+fn wait_for_end(running: &RunningVmm, deadline: Option<Instant>) -> Ending {
+    for num in [libc::SIGINT, libc::SIGTERM] {
+        if let Err(e) = vmm_sys_util::signal::register_signal_handler(num, on_stop_signal) {
+            eprintln!("cma-vmm: cannot handle signal {num}: {e}");
+        }
+    }
+    let ending = loop {
+        if running.outcome().is_some() {
+            break Ending::Guest;
+        }
+        let num = STOP_SIGNAL.load(Ordering::SeqCst);
+        if num != 0 {
+            break Ending::Signal(num);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break Ending::Timeout;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // A second Ctrl-C during the shutdown ends the process at once, as usual.
+    for num in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: restoring a signal's default disposition has no memory-safety
+        // preconditions; no handler of ours runs afterwards.
+        unsafe { libc::signal(num, libc::SIG_DFL) };
+    }
+    ending
 }
 
 fn report_outcome(outcome: &RunOutcome) {

@@ -7,8 +7,10 @@
 //! - [`cma`]: the CMA allocator (regions, bitmaps, map rules, pin/unpin, compaction);
 //! - [`grant`]: granting chunks to devices: eviction by the guest agent, revocation, scrub;
 //! - [`machine`]: build, run and stop a VM;
-//! - [`cli`], [`commands`]: the `cma-vmm` command line.
+//! - [`cli`], [`commands`]: the `cma-vmm` command line;
+//! - [`api`], [`ctl`]: the runtime control API on a Unix socket, its client, metrics.
 
+pub mod api;
 pub mod arch;
 pub mod bench;
 pub mod boot;
@@ -16,6 +18,7 @@ pub mod cli;
 pub mod cma;
 pub mod commands;
 pub mod config;
+pub mod ctl;
 pub mod devices;
 pub mod exercise;
 pub mod grant;

@@ -46,6 +46,40 @@ impl fmt::Display for ChunkId {
     }
 }
 
+/// A string that is not a chunk handle in its display form `cma<instance>:<region>:<serial>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunk id '{0}': expected cma<instance>:<region>:<serial>, e.g. cma1:0:42")]
+pub struct ParseChunkIdError(pub String);
+
+impl std::str::FromStr for ChunkId {
+    type Err = ParseChunkIdError;
+
+    /// Parse the [`fmt::Display`] form back: decimal numbers only, no signs, no spaces,
+    /// no leading zeros (so that one handle has exactly one spelling).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseChunkIdError(s.chars().take(64).collect());
+        let rest = s.strip_prefix("cma").ok_or_else(bad)?;
+        let mut parts = rest.split(':');
+        let (Some(i), Some(r), Some(n), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        Ok(ChunkId {
+            instance: decimal(i).ok_or_else(bad)?,
+            region: decimal(r).ok_or_else(bad)?,
+            serial: decimal(n).ok_or_else(bad)?,
+        })
+    }
+}
+
+/// A canonical decimal number: digits only, no leading zero unless it is `0`.
+fn decimal<T: std::str::FromStr>(s: &str) -> Option<T> {
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    canonical.then(|| s.parse().ok()).flatten()
+}
+
 /// A granted chunk as its owner sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Chunk {
@@ -86,5 +120,41 @@ mod tests {
         let id = ChunkId::from_parts(3, 1, 42);
         assert_eq!((id.instance(), id.region(), id.serial()), (3, 1, 42));
         assert_eq!(id.to_string(), "cma3:1:42");
+    }
+
+    #[test]
+    fn handle_parses_from_its_display_form() {
+        for id in [
+            ChunkId::from_parts(3, 1, 42),
+            ChunkId::from_parts(0, 0, 0),
+            ChunkId::from_parts(u32::MAX, u32::MAX, u64::MAX),
+        ] {
+            assert_eq!(id.to_string().parse::<ChunkId>(), Ok(id));
+        }
+    }
+
+    #[test]
+    fn malformed_handles_are_refused() {
+        for s in [
+            "",
+            "cma",
+            "cma1:0",
+            "cma1:0:42:7",
+            "1:0:42",
+            "CMA1:0:42",
+            "cma1:0:-42",
+            "cma1:0:+42",
+            "cma1: 0:42",
+            "cma1:0:42 ",
+            "cma01:0:42",
+            "cma1::42",
+            "cma4294967296:0:1",
+            "cma1:0:18446744073709551616",
+            "cma1:0:0x2a",
+            "cma١:0:42",
+        ] {
+            let e = s.parse::<ChunkId>().unwrap_err();
+            assert!(e.to_string().contains("malformed chunk id"), "{s:?}");
+        }
     }
 }
