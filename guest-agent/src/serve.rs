@@ -28,6 +28,8 @@ struct CaptureOptions {
     buffers: u32,
     align: u64,
     cycles: u64,
+    /// Check every page and exit once every device has finished its cycles.
+    exit_when_done: bool,
 }
 
 /// One capture device and how far its streaming has got.
@@ -120,6 +122,7 @@ impl Options {
                 buffers: n("capture.buffers", 4) as u32,
                 align: n("capture.align", 64 << 10),
                 cycles: n("capture.cycles", 1),
+                exit_when_done: n("capture.exit", 0) == 1,
             },
         }
     }
@@ -233,6 +236,13 @@ pub fn run(
             }
             for c in captures.iter_mut().flatten() {
                 busy |= c.step(hw, &opts.capture);
+            }
+            let finished = captures
+                .iter()
+                .flatten()
+                .all(|c| c.cycles_left == 0 && c.driver.state == State::Idle);
+            if opts.capture.exit_when_done && opts.capture.frames > 0 && finished {
+                shutdown(&mut agent, hw);
             }
             let tick = interrupts::TICKS.load(Ordering::Relaxed);
             if tick != last_tick {
