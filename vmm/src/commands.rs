@@ -5,8 +5,6 @@
 //! crashes or the run is stopped by `--timeout`. A run with `--api-sock` or
 //! `--metrics-path` stopped by SIGINT or SIGTERM exits 0 (a clean, requested stop).
 
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +15,7 @@ use crate::api::{
 };
 use crate::cli::{BenchArgs, BenchKind, Command, RunArgs, SoakArgs, USAGE};
 use crate::config::{ValidConfig, format_size};
-use crate::machine::{BootTimes, RunOutcome, RunReport, RunningVmm, Vmm, VmmOptions};
+use crate::machine::{RunOutcome, RunReport, RunningVmm, Vmm, VmmOptions};
 
 /// The VMM could not start: bad input, KVM, guest image.
 pub const EXIT_VMM_ERROR: i32 = 1;
@@ -61,16 +59,30 @@ fn bench(kind: BenchKind, args: &BenchArgs) -> i32 {
     };
     let runs = args.runs as usize;
     let mut code = 0;
-    if matches!(kind, BenchKind::Boot | BenchKind::All) {
-        code = code.max(bench_boot(args));
-    }
-    type Job = fn(usize) -> Result<(serde_json::Value, Vec<crate::bench::svg::Chart>), String>;
-    let jobs: [(BenchKind, &str, Job); 3] = [
-        (BenchKind::Evict, "evict", crate::bench::evict::run),
-        (BenchKind::Latency, "latency", |runs| {
-            crate::bench::latency::run(runs, (runs / 3).max(2))
-        }),
-        (BenchKind::Memory, "memory", |_| crate::bench::memory::run()),
+    type Job<'a> = Box<
+        dyn Fn(usize) -> Result<(serde_json::Value, Vec<crate::bench::svg::Chart>), String> + 'a,
+    >;
+    let jobs: [(BenchKind, &str, Job); 4] = [
+        (
+            BenchKind::Boot,
+            "boot",
+            Box::new(|runs| crate::bench::boot::run(&args.run, runs)),
+        ),
+        (
+            BenchKind::Evict,
+            "evict",
+            Box::new(crate::bench::evict::run),
+        ),
+        (
+            BenchKind::Latency,
+            "latency",
+            Box::new(|runs| crate::bench::latency::run(runs, (runs / 3).max(2))),
+        ),
+        (
+            BenchKind::Memory,
+            "memory",
+            Box::new(|_| crate::bench::memory::run()),
+        ),
     ];
     for (k, name, job) in jobs {
         if kind != k && kind != BenchKind::All {
@@ -357,144 +369,4 @@ fn exit_code(outcome: &RunOutcome) -> i32 {
         RunOutcome::Exited(s) => (*s).min(255) as i32,
         RunOutcome::Crashed(_) | RunOutcome::Stopped => EXIT_GUEST_CRASH,
     }
-}
-
-/// One boot, timed from before the child process was spawned.
-struct BootSample {
-    entered: f64,
-    ready: f64,
-}
-
-/// Boot `cma-vmm run` `runs` times as a child process and report the median and p99 of
-/// process start to first guest instruction and to guest-ready.
-fn bench_boot(args: &BenchArgs) -> i32 {
-    if let Err(e) = args.run.config.validate() {
-        return fail(e);
-    }
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return fail(format!("cannot find own executable: {e}")),
-    };
-    let mut samples = Vec::new();
-    for i in 0..args.runs {
-        match boot_once(&exe, &args.run) {
-            Ok(s) => samples.push(s),
-            Err(e) => return fail(format!("boot {i}: {e}")),
-        }
-    }
-    let entered: Vec<f64> = samples.iter().map(|s| s.entered).collect();
-    let ready: Vec<f64> = samples.iter().map(|s| s.ready).collect();
-    let summary = serde_json::json!({
-        "benchmark": "boot",
-        "runs": args.runs,
-        "note": "wall-clock milliseconds on this host's (nested) KVM, from before the \
-                 VMM process is spawned",
-        "process_start_to_first_instruction_ms": stats(&entered),
-        "process_start_to_guest_ready_ms": stats(&ready),
-    });
-    println!(
-        "boot ({} runs): process start -> first guest instruction: median {:.2} ms, p99 {:.2} ms",
-        args.runs,
-        percentile(&entered, 50.0),
-        percentile(&entered, 99.0)
-    );
-    println!(
-        "boot ({} runs): process start -> guest ready (boot info parsed): median {:.2} ms, p99 {:.2} ms",
-        args.runs,
-        percentile(&ready, 50.0),
-        percentile(&ready, 99.0)
-    );
-    let path = args
-        .json
-        .clone()
-        .unwrap_or_else(|| Path::new("target/bench/boot.json").to_path_buf());
-    match write_json(&path, &summary) {
-        Ok(()) => {
-            println!("wrote {}", path.display());
-            0
-        }
-        Err(e) => fail(format!("cannot write {}: {e}", path.display())),
-    }
-}
-
-fn boot_once(exe: &Path, run: &RunArgs) -> Result<BootSample, String> {
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("run").arg("--quiet").arg("--timeout").arg("60");
-    cmd.arg("--memory").arg(run.config.memory.to_string());
-    if let Some(k) = &run.config.kernel {
-        cmd.arg("--kernel").arg(k);
-    }
-    for r in &run.config.regions {
-        let mut spec = format!("name={},size={}", r.name, r.size);
-        if let Some(b) = r.base {
-            spec += &format!(",base={b:#x}");
-        }
-        if let Some(a) = r.align {
-            spec += &format!(",align={a}");
-        }
-        if r.private {
-            spec += ",private";
-        }
-        cmd.arg("--cma").arg(spec);
-    }
-    // Boot to the memory map and exit, unless the caller asked for something else.
-    let guest_args = if run.config.guest_args.is_empty() {
-        "mode=boot"
-    } else {
-        run.config.guest_args.as_str()
-    };
-    cmd.arg("--guest-args").arg(guest_args);
-    cmd.env("CMA_VMM_BOOT_TIMES", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let t0 = crate::devices::legacy::platform::monotonic_ns();
-    let out = cmd.output().map_err(|e| e.to_string())?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("boot-times "))
-        .ok_or_else(|| format!("no boot times reported; stderr: {stderr}"))?;
-    let times: BootTimes = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    let ms = |t: Option<u64>| -> Result<f64, String> {
-        t.map(|t| t.saturating_sub(t0) as f64 / 1e6)
-            .ok_or_else(|| "milestone missing".to_string())
-    };
-    Ok(BootSample {
-        entered: ms(times.entered)?,
-        ready: ms(times.ready)?,
-    })
-}
-
-/// The `p`th percentile of `v` (nearest rank).
-pub fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
-    s[rank.clamp(1, s.len()) - 1]
-}
-
-fn stats(v: &[f64]) -> serde_json::Value {
-    serde_json::json!({
-        "median": percentile(v, 50.0),
-        "p99": percentile(v, 99.0),
-        "min": percentile(v, 0.0),
-        "max": percentile(v, 100.0),
-        "samples": v,
-    })
-}
-
-/// Write `value` as pretty JSON, creating parent directories.
-pub fn write_json(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
-}
-
-/// Milliseconds of a duration, for reports.
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }

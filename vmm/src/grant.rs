@@ -162,34 +162,28 @@ impl Grant {
 
     /// Write `data` at byte `offset` of the chunk (host side, at host speed).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), GrantError> {
-        let c = self.current()?;
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|e| e > c.len)
-        {
-            return Err(MemoryError::OutOfRange {
-                gpa: c.gpa + offset,
-                len: data.len() as u64,
-            }
-            .into());
-        }
-        Ok(self.manager.vm.ram().write(c.gpa + offset, data)?)
+        let gpa = self.inside(offset, data.len())?;
+        Ok(self.manager.vm.ram().write(gpa, data)?)
     }
 
     /// Read the chunk at byte `offset` into `buf`.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), GrantError> {
+        let gpa = self.inside(offset, buf.len())?;
+        Ok(self.manager.vm.ram().read(gpa, buf)?)
+    }
+
+    /// The guest-physical address of `[offset, offset+len)`, which must lie in the chunk.
+    fn inside(&self, offset: u64, len: usize) -> Result<u64, GrantError> {
         let c = self.current()?;
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > c.len)
-        {
-            return Err(MemoryError::OutOfRange {
-                gpa: c.gpa + offset,
-                len: buf.len() as u64,
+        let len = len as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= c.len => Ok(c.gpa + offset),
+            _ => Err(MemoryError::OutOfRange {
+                gpa: c.gpa.saturating_add(offset),
+                len,
             }
-            .into());
+            .into()),
         }
-        Ok(self.manager.vm.ram().read(c.gpa + offset, buf)?)
     }
 
     fn current(&self) -> Result<Chunk, GrantError> {

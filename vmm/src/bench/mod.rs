@@ -2,6 +2,7 @@
 //! with the ratios they are judged by measured in the same run (host memcpy bandwidth),
 //! as JSON plus an SVG chart per series under `target/bench/`.
 //!
+//! - [`boot`]: process start to the first guest instruction and to guest-ready;
 //! - [`evict`]: eviction throughput, VMM-assisted and guest copy, against host memcpy;
 //! - [`latency`]: allocation latency and VM exits per allocation, 4 KiB to 64 MiB, empty
 //!   and populated ranges;
@@ -11,6 +12,7 @@
 //! Absolute guest timings on a nested KVM that emulates guest instructions are reported as
 //! what they are; the targets are ratios and counts.
 
+pub mod boot;
 pub mod evict;
 pub mod latency;
 pub mod memory;

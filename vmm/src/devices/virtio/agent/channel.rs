@@ -227,6 +227,12 @@ impl AgentChannel {
 
     /// Queue a request without waiting for an answer; its request id.
     fn post(&self, build: impl FnOnce(u64) -> HostMsg) -> Result<u64, AgentError> {
+        self.enqueue(build, false)
+    }
+
+    /// Queue a request (registering a waiter for its answer if `wait`) and kick the agent
+    /// thread; its request id.
+    fn enqueue(&self, build: impl FnOnce(u64) -> HostMsg, wait: bool) -> Result<u64, AgentError> {
         let mut state = lock(&self.shared.state);
         if state.stopped {
             return Err(AgentError::Stopped);
@@ -239,7 +245,18 @@ impl AgentChannel {
         }
         let req = state.next_req;
         state.next_req += 1;
-        state.outbox.push_back(build(req));
+        let request = build(req);
+        state.outbox.push_back(request);
+        if wait {
+            state.waiting.insert(
+                req,
+                Waiter {
+                    request,
+                    delivered: false,
+                    answer: None,
+                },
+            );
+        }
         drop(state);
         let _ = self.shared.kick.write(1);
         Ok(req)
@@ -252,32 +269,7 @@ impl AgentChannel {
         timeout: Duration,
     ) -> Result<GuestMsg, AgentError> {
         let deadline = Instant::now() + timeout;
-        let req = {
-            let mut state = lock(&self.shared.state);
-            if state.stopped {
-                return Err(AgentError::Stopped);
-            }
-            if state.agent_version.is_none() {
-                return Err(AgentError::NotReady);
-            }
-            if state.outbox.len() >= OUTBOX_CAPACITY {
-                return Err(AgentError::Backlog);
-            }
-            let req = state.next_req;
-            state.next_req += 1;
-            let request = build(req);
-            state.outbox.push_back(request);
-            state.waiting.insert(
-                req,
-                Waiter {
-                    request,
-                    delivered: false,
-                    answer: None,
-                },
-            );
-            req
-        };
-        let _ = self.shared.kick.write(1);
+        let req = self.enqueue(build, true)?;
         let mut state = lock(&self.shared.state);
         loop {
             if let Some(answer) = state.waiting.get_mut(&req).and_then(|w| w.answer.take()) {
