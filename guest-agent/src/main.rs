@@ -23,7 +23,8 @@ use guest_agent::cmdline;
 use guest_agent::workload::lent_pages;
 use protocol::boot::{BootInfo, DeviceKind, MemKind};
 use protocol::layout::{
-    BOOT_INFO_MAX_SIZE, EXIT_BAD_BOOT_INFO, EXIT_OK, EXIT_PORT, PROGRESS_PORT, PROGRESS_READY,
+    BOOT_INFO_MAX_SIZE, EXIT_BAD_BOOT_INFO, EXIT_OK, EXIT_PORT, PROGRESS_MM_READY, PROGRESS_PORT,
+    PROGRESS_READY,
 };
 
 use arch::port::{outb, outl};
@@ -80,6 +81,7 @@ extern "C" fn kmain(boot_info_addr: u64) -> ! {
             exit(EXIT_BAD_BOOT_INFO)
         }
     };
+    progress(PROGRESS_READY);
     let args = info.cmdline();
     let pages = cmdline::get_u64(args, "workload.pages", u64::from(lent_pages(&info))) as u32;
     let (mut mm, mut hw, carved) = match memory::init(&info, pages) {
@@ -89,7 +91,7 @@ extern "C" fn kmain(boot_info_addr: u64) -> ! {
             exit(EXIT_BAD_BOOT_INFO)
         }
     };
-    progress(PROGRESS_READY);
+    progress(PROGRESS_MM_READY);
     print_memory_map(&info);
     memory::print_stats(&mm, &carved);
     run_test_fault(args);

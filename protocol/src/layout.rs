@@ -71,12 +71,14 @@ pub const EXIT_PORT: u16 = 0xf4;
 pub const PROGRESS_PORT: u16 = 0xf8;
 /// Milestone: the guest's first instructions ran.
 pub const PROGRESS_ENTERED: u8 = 1;
-/// Milestone: the boot information was parsed and validated; the memory map is built.
+/// Milestone: the boot information was parsed and validated.
 pub const PROGRESS_READY: u8 = 2;
 /// Milestone: the agent channel is up (Hello sent).
 pub const PROGRESS_AGENT_UP: u8 = 3;
 /// Milestone: the workload has populated the lent memory.
 pub const PROGRESS_POPULATED: u8 = 4;
+/// Milestone: the page allocator and the guest's own page tables are up.
+pub const PROGRESS_MM_READY: u8 = 5;
 
 /// Guest exit status: success.
 pub const EXIT_OK: u32 = 0;

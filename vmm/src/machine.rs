@@ -116,6 +116,9 @@ pub struct BootTimes {
     pub entered: Option<u64>,
     /// The guest has validated its boot information.
     pub ready: Option<u64>,
+    /// The guest's page allocator and page tables are up.
+    #[serde(default)]
+    pub mm_ready: Option<u64>,
     /// The agent channel is up.
     pub agent_up: Option<u64>,
     /// The workload has populated lent memory.
@@ -338,6 +341,7 @@ impl RunningVmm {
             vmm_start: self.started,
             entered: at(protocol::layout::PROGRESS_ENTERED),
             ready: at(protocol::layout::PROGRESS_READY),
+            mm_ready: at(protocol::layout::PROGRESS_MM_READY),
             agent_up: at(protocol::layout::PROGRESS_AGENT_UP),
             populated: at(protocol::layout::PROGRESS_POPULATED),
         }
