@@ -519,10 +519,14 @@ impl BootInfo {
         Ok(())
     }
 
-    /// Check the semantic rules: entries page aligned, sorted, disjoint and inside
-    /// addressable memory; every region described once by exactly one CMA entry, whole
-    /// pageblocks, unique ids and names; devices' windows non-empty.
+    /// Check the semantic rules: at least one vCPU; entries page aligned, sorted, disjoint
+    /// and inside addressable memory; every region described once by exactly one CMA entry,
+    /// whole pageblocks, unique ids and names; devices' windows non-empty.
     pub fn validate(&self) -> Result<(), DecodeError> {
+        // `decode` refuses zero vCPUs too: whatever validates must decode.
+        if self.vcpus == 0 {
+            return Err(DecodeError::BadField("vcpus"));
+        }
         let mut prev_end = 0u64;
         for e in self.mem_map() {
             let end = e

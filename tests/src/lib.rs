@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod fuzzing;
 
 /// Panic with a clear message unless /dev/kvm can be opened. Tests that need KVM call
 /// this first; with `CMA_SKIP_KVM_TESTS=1` they are compiled as ignored instead.
