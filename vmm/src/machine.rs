@@ -30,7 +30,9 @@ use crate::devices::virtio::agent::event_handler::AgentEventHandler;
 use crate::devices::virtio::agent::{AgentChannel, AgentDevice};
 use crate::devices::virtio::capture::event_handler::CaptureEventHandler;
 use crate::devices::virtio::capture::{CaptureDevice, CaptureMetrics};
-use crate::devices::virtio::mmio::{Interrupt, MmioTransport, QUEUE_NOTIFY, VirtioDevice};
+use crate::devices::virtio::mmio::{
+    Interrupt, MmioTransport, QUEUE_NOTIFY, RingGuard, VirtioDevice,
+};
 use crate::grant::{GrantManager, GrantPolicy};
 use crate::vstate::memory::{GuestRam, MemoryError};
 use crate::vstate::slots::SlotError;
@@ -442,6 +444,16 @@ fn legacy_devices(
     Ok(pio)
 }
 
+/// Virtqueue rings must stay out of every CMA region: the VMM uses them for the device's
+/// whole life, and a range there may be granted to a device at any time.
+fn rings_outside(cma: &Cma) -> RingGuard {
+    let regions: Vec<(u64, u64)> = cma.regions().iter().map(|r| (r.base, r.end())).collect();
+    Arc::new(move |gpa, len| {
+        let end = gpa.saturating_add(len);
+        regions.iter().all(|&(s, e)| end <= s || gpa >= e)
+    })
+}
+
 /// The agent channel's pieces until the agent thread starts.
 struct AgentSetup {
     channel: AgentChannel,
@@ -465,7 +477,12 @@ impl AgentSetup {
         )));
         let irqfd = evt()?;
         vm.add_msi_irqfd(&irqfd, DEVICE_VECTOR_BASE)?;
-        let transport = MmioTransport::new(device.clone(), vm.ram().clone(), Interrupt::new(irqfd));
+        let transport = MmioTransport::new(
+            device.clone(),
+            vm.ram().clone(),
+            Interrupt::new(irqfd),
+            rings_outside(cma),
+        );
         mmio.insert(
             VIRTIO_MMIO_BASE,
             VIRTIO_MMIO_SIZE,
@@ -557,14 +574,21 @@ impl CaptureSetup {
         let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"));
         let window = VIRTIO_MMIO_BASE + (index as u64 + 1) * VIRTIO_MMIO_SIZE;
         let vector = DEVICE_VECTOR_BASE + index as u8 + 1;
+        let taken = grants.cma().clone();
         let device = Arc::new(Mutex::new(CaptureDevice::new(
             name,
             vm.ram().clone(),
             grants.clone(),
+            Arc::new(move |gpa, len| taken.is_taken(gpa, len)),
         )));
         let irqfd = evt()?;
         vm.add_msi_irqfd(&irqfd, vector)?;
-        let transport = MmioTransport::new(device.clone(), vm.ram().clone(), Interrupt::new(irqfd));
+        let transport = MmioTransport::new(
+            device.clone(),
+            vm.ram().clone(),
+            Interrupt::new(irqfd),
+            rings_outside(grants.cma()),
+        );
         mmio.insert(window, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
         let notify = evt()?;
         vm.add_mmio_ioeventfd(&notify, window + QUEUE_NOTIFY)?;

@@ -58,8 +58,57 @@ struct FileConfig {
     capture: Vec<String>,
 }
 
+/// Largest configuration file accepted.
+const MAX_FILE_BYTES: usize = 1 << 20;
+/// Deepest bracket nesting accepted: the TOML parser recurses once per level, so a file of
+/// `[[[[...` would otherwise exhaust the stack instead of getting an error.
+const MAX_NESTING: usize = 32;
+
+/// The deepest nesting of `[`/`{` outside strings and comments.
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if comment {
+            comment = c != '\n';
+        } else if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && q == '"' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+        } else {
+            match c {
+                '"' | '\'' => quote = Some(c),
+                '#' => comment = true,
+                '[' | '{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    deepest
+}
+
 /// Parse the TOML text of a configuration file; `path` is only for messages.
 pub fn parse(text: &str, path: &str) -> Result<VmConfig, ConfigError> {
+    let refuse = |reason: String| ConfigError::BadFile {
+        path: path.to_string(),
+        reason,
+    };
+    if text.len() > MAX_FILE_BYTES {
+        return Err(refuse(format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
+    if nesting_depth(text) > MAX_NESTING {
+        return Err(refuse(format!("nested deeper than {MAX_NESTING} levels")));
+    }
     let file: FileConfig = basic_toml::from_str(text).map_err(|e| ConfigError::BadFile {
         path: path.to_string(),
         reason: e.to_string().replace('\n', " "),

@@ -371,3 +371,15 @@ fn capture_devices_need_a_map_rule_and_unique_names() {
     assert_eq!(f.capture, vec!["capture0"]);
     f.validate().unwrap();
 }
+
+#[test]
+fn hostile_files_are_refused_not_crashed_on() {
+    let deep = format!("memory = {}{}", "[".repeat(20000), "]".repeat(20000));
+    let e = file::parse(&deep, "deep.toml").unwrap_err().to_string();
+    assert!(e.contains("nested deeper than 32 levels"), "{e}");
+    let huge = format!("# {}", "x".repeat(2 << 20));
+    assert!(file::parse(&huge, "huge.toml").is_err());
+    // Brackets inside strings and comments do not count.
+    let ok = "guest_args = \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\" # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nmemory = \"64M\"";
+    assert_eq!(file::parse(ok, "ok.toml").unwrap().memory, 64 << 20);
+}

@@ -99,10 +99,14 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
 }
 
+/// Says whether the guest may place a ring at `[gpa, gpa+len)`.
+pub type RingGuard = Arc<dyn Fn(u64, u64) -> bool + Send + Sync>;
+
 /// A virtio device behind the MMIO registers.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
     ram: Arc<GuestRam>,
+    rings_allowed: RingGuard,
     interrupt: Interrupt,
     status: u32,
     device_features_sel: u32,
@@ -123,10 +127,15 @@ impl std::fmt::Debug for MmioTransport {
 
 impl MmioTransport {
     /// Wrap `device`; its interrupts go through `interrupt`.
+    ///
+    /// `rings_allowed` vets each queue's rings: the VMM reads and writes them for as long as
+    /// the device lives, so they must never lie in memory that may be granted to a device
+    /// later (CMA regions).
     pub fn new(
         device: Arc<Mutex<dyn VirtioDevice>>,
         ram: Arc<GuestRam>,
         interrupt: Interrupt,
+        rings_allowed: RingGuard,
     ) -> Self {
         let queues = lock(&device)
             .queue_max_sizes()
@@ -136,6 +145,7 @@ impl MmioTransport {
         MmioTransport {
             device,
             ram,
+            rings_allowed,
             interrupt,
             status: 0,
             device_features_sel: 0,
@@ -218,9 +228,10 @@ impl MmioTransport {
 
     fn write_queue_ready(&mut self, v: u32) {
         let ram = self.ram.clone();
+        let allowed = self.rings_allowed.clone();
         if let Some(q) = self.selected_queue() {
             q.set_ready(v == 1);
-            if v == 1 && !q.is_valid(ram.memory()) {
+            if v == 1 && !(q.is_valid(ram.memory()) && rings_in(q, &allowed)) {
                 q.set_ready(false);
             }
         }
@@ -273,11 +284,9 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        if self
-            .queues
-            .iter()
-            .any(|q| !q.ready() || !q.is_valid(self.ram.memory()))
-        {
+        if self.queues.iter().any(|q| {
+            !q.ready() || !q.is_valid(self.ram.memory()) || !rings_in(q, &self.rings_allowed)
+        }) {
             self.status |= STATUS_NEEDS_RESET;
             return;
         }
@@ -308,6 +317,18 @@ impl MmioTransport {
         }
         self.config_generation = self.config_generation.wrapping_add(1);
     }
+}
+
+/// Whether all three rings of `q` lie where `allowed` permits.
+fn rings_in(q: &Queue, allowed: &RingGuard) -> bool {
+    let n = u64::from(q.size());
+    [
+        (q.desc_table(), 16 * n),
+        (q.avail_ring(), 6 + 2 * n),
+        (q.used_ring(), 6 + 8 * n),
+    ]
+    .iter()
+    .all(|&(gpa, len)| allowed(gpa, len))
 }
 
 impl BusDevice for MmioTransport {
@@ -368,7 +389,8 @@ mod tests {
         let dev = Arc::new(Mutex::new(Dummy::default()));
         let ram = Arc::new(GuestRam::new(16 << 20).unwrap());
         let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        (MmioTransport::new(dev.clone(), ram, irq), dev)
+        let rings: RingGuard = Arc::new(|gpa, _| gpa < 0x30_0000);
+        (MmioTransport::new(dev.clone(), ram, irq, rings), dev)
     }
 
     fn w(t: &mut MmioTransport, off: u64, v: u32) {
@@ -440,6 +462,13 @@ mod tests {
         w(&mut t, 0x84, 0xffff);
         w(&mut t, 0x44, 1);
         assert_eq!(r(&mut t, 0x44), 0);
+        // Rings where the VMM does not allow them (CMA memory, in the VMM).
+        w(&mut t, 0x84, 0);
+        w(&mut t, 0x80, 0x40_0000);
+        w(&mut t, 0x90, 0x40_1000);
+        w(&mut t, 0xa0, 0x40_2000);
+        w(&mut t, 0x44, 1);
+        assert_eq!(r(&mut t, 0x44), 0, "rings refused");
         // A size that is not a power of two.
         w(&mut t, 0x38, 3);
         w(&mut t, 0x30, 99);

@@ -23,6 +23,7 @@ use serde::Serialize;
 use virtio_queue::{Queue, QueueT};
 
 use crate::cma::AllocRequest;
+use crate::devices::virtio::agent::device::DeviceOwned;
 use crate::devices::virtio::mmio::{ActivateError, Interrupt, VirtioDevice};
 use crate::grant::{Grant, GrantManager, GrantMode, Target};
 use crate::vstate::memory::GuestRam;
@@ -60,6 +61,7 @@ pub struct CaptureDevice {
     name: String,
     ram: Arc<GuestRam>,
     grants: Arc<GrantManager>,
+    device_owned: DeviceOwned,
     queues: Vec<Queue>,
     interrupt: Option<Interrupt>,
     stream: Option<Stream>,
@@ -110,12 +112,19 @@ impl VirtioDevice for CaptureDevice {
 }
 
 impl CaptureDevice {
-    /// A device named `name` (what map rules match) allocating through `grants`.
-    pub fn new(name: &str, ram: Arc<GuestRam>, grants: Arc<GrantManager>) -> Self {
+    /// A device named `name` (what map rules match) allocating through `grants`;
+    /// `device_owned` keeps the guest's descriptors out of device memory.
+    pub fn new(
+        name: &str,
+        ram: Arc<GuestRam>,
+        grants: Arc<GrantManager>,
+        device_owned: DeviceOwned,
+    ) -> Self {
         CaptureDevice {
             name: name.to_string(),
             ram,
             grants,
+            device_owned,
             queues: Vec::new(),
             interrupt: None,
             stream: None,
@@ -143,6 +152,11 @@ impl CaptureDevice {
             let head = chain.head_index();
             let (mut cmd, mut resp) = (None, None);
             for d in chain {
+                // A guest descriptor into device memory (a granted chunk) is not the
+                // guest's to use: never read or write device memory on its behalf.
+                if (self.device_owned)(d.addr().0, u64::from(d.len())) {
+                    continue;
+                }
                 if d.is_write_only() {
                     resp.get_or_insert((d.addr().0, d.len()));
                 } else {
@@ -260,10 +274,12 @@ impl CaptureDevice {
             return;
         };
         let head = chain.head_index();
+        let owned = self.device_owned.clone();
         let slot = chain
             .next()
             .filter(|d| d.is_write_only() && d.len() as usize >= FRAME_DONE_SIZE)
-            .map(|d| d.addr().0);
+            .map(|d| d.addr().0)
+            .filter(|&a| !owned(a, FRAME_DONE_SIZE as u64));
         let frame = stream.next_frame;
         let index = (frame % stream.buffers.len() as u64) as usize;
         let bytes = stream.bytes;
