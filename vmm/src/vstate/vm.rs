@@ -61,6 +61,18 @@ fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { op, source }
 }
 
+/// What failing to open the KVM device means, for the user.
+fn open_error(e: &kvm_ioctls::Error, path: &str) -> VmError {
+    match e.errno() {
+        libc::ENOENT => VmError::NoKvm(path.to_string()),
+        libc::EACCES | libc::EPERM => VmError::KvmPermission(path.to_string()),
+        _ => VmError::KvmOpen {
+            path: path.to_string(),
+            reason: e.to_string(),
+        },
+    }
+}
+
 /// Open the KVM device, translating the usual failures into actionable messages.
 pub fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
     let shown = path.display().to_string();
@@ -70,14 +82,7 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
             reason: "path contains a NUL byte".into(),
         }
     })?;
-    let kvm = Kvm::new_with_path(cpath).map_err(|e| match e.errno() {
-        libc::ENOENT => VmError::NoKvm(shown.clone()),
-        libc::EACCES | libc::EPERM => VmError::KvmPermission(shown.clone()),
-        _ => VmError::KvmOpen {
-            path: shown.clone(),
-            reason: e.to_string(),
-        },
-    })?;
+    let kvm = Kvm::new_with_path(cpath).map_err(|e| open_error(&e, &shown))?;
     // A file that opens but is not /dev/kvm fails its first ioctl.
     let version = kvm.get_api_version();
     if version != 12 {
@@ -257,4 +262,30 @@ impl Vm {
 /// sections leave their data consistent at every step.
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_failures_say_what_to_do() {
+        // Permission errors cannot be provoked as root, which these tests run as: check
+        // the mapping itself.
+        let e = open_error(&kvm_ioctls::Error::new(libc::EACCES), "/dev/kvm");
+        assert_eq!(
+            e.to_string(),
+            "no permission to open /dev/kvm: add your user to the 'kvm' group or run as root"
+        );
+        let e = open_error(&kvm_ioctls::Error::new(libc::ENOENT), "/dev/kvm");
+        assert!(e.to_string().contains("does not exist"));
+        assert!(matches!(
+            open_kvm(Path::new("/nonexistent/kvm")),
+            Err(VmError::NoKvm(_))
+        ));
+        assert!(matches!(
+            open_kvm(Path::new("/dev/null")),
+            Err(VmError::KvmOpen { .. })
+        ));
+    }
 }
