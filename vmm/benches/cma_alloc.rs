@@ -285,6 +285,8 @@ fn default_json_path() -> String {
     format!("{target}/bench/cma_alloc.json")
 }
 
+use vmm::bench::svg::{Chart, Series};
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
@@ -309,10 +311,12 @@ fn main() {
          seed {seed:#x}; times in µs, ratios of medians (naive over the same requests)"
     );
     let began = Instant::now();
+    let mut charts = Vec::new();
     let results: Vec<serde_json::Value> = models
         .iter()
         .map(|model| {
             let (samples, taken) = run(model, requests, seed);
+            charts.push(chart(model, &samples));
             report(model, &samples, taken)
         })
         .collect();
@@ -323,14 +327,44 @@ fn main() {
         "seed": seed, "naive_every": NAIVE_EVERY, "live_chunks": LIVE, "repeat_below_ns": SHORT_NS,
         "repeat": REPEAT, "seconds": secs, "models": results,
     });
-    if let Some(dir) = std::path::Path::new(&path).parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    match std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&doc).unwrap_or_default(),
-    ) {
-        Ok(()) => println!("wrote {path}"),
+    match vmm::bench::write_report(std::path::Path::new(&path), &doc, &charts) {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+        }
         Err(e) => eprintln!("cannot write {path}: {e}"),
+    }
+}
+
+/// Median decision time per request class, for the three searches, on a log scale.
+fn chart(model: &str, samples: &[Samples]) -> Chart {
+    let line = |name: &str, pick: &dyn Fn(&Samples) -> f64| Series {
+        name: name.into(),
+        points: samples
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.paired.is_empty())
+            .map(|(i, s)| (i as f64 + 1.0, pick(s)))
+            .collect(),
+    };
+    let p50 = |v: Vec<u64>| percentile(&v, 0.5) as f64 / 1e3;
+    Chart {
+        title: format!("Allocation decision, 64 GiB region, model '{model}'"),
+        x_label: "request class (4K, 64K, 256K, 1M, 2M, 4M, 8M, 32M no-fit)".into(),
+        y_label: "median µs (log)".into(),
+        log_x: false,
+        log_y: true,
+        series: vec![
+            line("bitmap + summary levels", &|s| {
+                p50(s.paired.iter().map(|p| p.0).collect())
+            }),
+            line("bitmap, word at a time", &|s| {
+                p50(s.paired.iter().map(|p| p.1).collect())
+            }),
+            line("naive, bit by bit", &|s| {
+                p50(s.paired.iter().map(|p| p.2).collect())
+            }),
+        ],
     }
 }
