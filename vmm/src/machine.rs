@@ -444,6 +444,31 @@ fn legacy_devices(
     Ok(pio)
 }
 
+/// Put `device` behind a virtio-mmio window at `window`: interrupts as MSI `vector`
+/// through an irqfd, QueueNotify through an ioeventfd (returned, for the device thread).
+fn attach_virtio(
+    vm: &Arc<Vm>,
+    cma: &Cma,
+    mmio: &mut Bus,
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    window: u64,
+    vector: u8,
+) -> Result<EventFd, VmmError> {
+    let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"));
+    let irqfd = evt()?;
+    vm.add_msi_irqfd(&irqfd, vector)?;
+    let transport = MmioTransport::new(
+        device,
+        vm.ram().clone(),
+        Interrupt::new(irqfd),
+        rings_outside(cma),
+    );
+    mmio.insert(window, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+    let notify = evt()?;
+    vm.add_mmio_ioeventfd(&notify, window + QUEUE_NOTIFY)?;
+    Ok(notify)
+}
+
 /// Virtqueue rings must stay out of every CMA region: the VMM uses them for the device's
 /// whole life, and a range there may be granted to a device at any time.
 fn rings_outside(cma: &Cma) -> RingGuard {
@@ -475,21 +500,14 @@ impl AgentSetup {
             channel.shared().clone(),
             Arc::new(move |gpa, len| taken.is_taken(gpa, len)),
         )));
-        let irqfd = evt()?;
-        vm.add_msi_irqfd(&irqfd, DEVICE_VECTOR_BASE)?;
-        let transport = MmioTransport::new(
+        let notify = attach_virtio(
+            vm,
+            cma,
+            mmio,
             device.clone(),
-            vm.ram().clone(),
-            Interrupt::new(irqfd),
-            rings_outside(cma),
-        );
-        mmio.insert(
             VIRTIO_MMIO_BASE,
-            VIRTIO_MMIO_SIZE,
-            Arc::new(Mutex::new(transport)),
+            DEVICE_VECTOR_BASE,
         )?;
-        let notify = evt()?;
-        vm.add_mmio_ioeventfd(&notify, VIRTIO_MMIO_BASE + QUEUE_NOTIFY)?;
         Ok(AgentSetup {
             channel,
             device,
@@ -571,7 +589,6 @@ impl CaptureSetup {
         grants: &Arc<GrantManager>,
         mmio: &mut Bus,
     ) -> Result<Self, VmmError> {
-        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"));
         let window = VIRTIO_MMIO_BASE + (index as u64 + 1) * VIRTIO_MMIO_SIZE;
         let vector = DEVICE_VECTOR_BASE + index as u8 + 1;
         let taken = grants.cma().clone();
@@ -581,17 +598,7 @@ impl CaptureSetup {
             grants.clone(),
             Arc::new(move |gpa, len| taken.is_taken(gpa, len)),
         )));
-        let irqfd = evt()?;
-        vm.add_msi_irqfd(&irqfd, vector)?;
-        let transport = MmioTransport::new(
-            device.clone(),
-            vm.ram().clone(),
-            Interrupt::new(irqfd),
-            rings_outside(grants.cma()),
-        );
-        mmio.insert(window, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
-        let notify = evt()?;
-        vm.add_mmio_ioeventfd(&notify, window + QUEUE_NOTIFY)?;
+        let notify = attach_virtio(vm, grants.cma(), mmio, device.clone(), window, vector)?;
         Ok(CaptureSetup {
             name: name.to_string(),
             device,
