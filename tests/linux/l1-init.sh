@@ -30,11 +30,13 @@ fail() {
 
 mount -t proc proc /proc || fail "cannot mount /proc"
 mount -t sysfs sysfs /sys || fail "cannot mount /sys"
-mount -t tmpfs -o mode=1777 tmpfs /tmp || fail "cannot mount /tmp"
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-mount -t tmpfs tmpfs /scratch || fail "cannot mount /scratch"
+# The root file system is already a tmpfs (the unpacked initramfs): /tmp and /scratch are
+# plain directories in it. No tmpfs over /tmp, which would hide files run.sh put under /tmp
+# (with --suite, everything sits at its host path, and a checkout may live in /tmp).
+chmod 1777 /tmp
 hostname l1
 
 # shellcheck source=/dev/null # written by run.sh: L1_PAYLOAD, and the payload's variables

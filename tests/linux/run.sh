@@ -230,6 +230,7 @@ if [[ $MODE == suite ]]; then
 		    elif exe and kinds == ["bin"]:
 		        print("bin", name, exe)
 	EOF
+	sort -k2,2 -o "$SUITE_LIST" "$SUITE_LIST"
 	grep -q '^test ' "$SUITE_LIST" || die "no test executables of tests/Cargo.toml (--suite-only '$SUITE_ONLY'?)"
 	if [[ -n $SUITE_ONLY ]]; then
 		for n in ${SUITE_ONLY//,/ }; do
@@ -273,11 +274,14 @@ else
 		strip --strip-debug "$L1_ROOT$exe"
 		[[ $kind == test ]] && echo "$name $exe" >>"$L1_ROOT/etc/l1-suite"
 	done <"$SUITE_LIST"
-	# fuzz_regressions reads the fuzz inputs from the source tree (CARGO_MANIFEST_DIR/../fuzz).
-	for d in fuzz/corpus fuzz/regressions; do
-		[[ -d $d ]] && mkdir -p "$L1_ROOT$REPO/fuzz" && cp -r "$d" "$L1_ROOT$REPO/fuzz/"
+	# Source files the tests read, relative to tests/ as cargo runs them or through
+	# CARGO_MANIFEST_DIR: boot.rs uses ../resources/vm.toml, and Cargo.toml as a file that
+	# is not a guest image; fuzz_regressions replays ../fuzz/{corpus,regressions}.
+	for f in tests/Cargo.toml resources fuzz/corpus fuzz/regressions; do
+		[[ -e $f ]] || continue
+		mkdir -p "$L1_ROOT$REPO/$(dirname "$f")"
+		cp -r "$f" "$L1_ROOT$REPO/$f"
 	done
-	mkdir -p "$L1_ROOT$REPO/tests"
 	l1_add "$HERE/l1-suite.sh" /suite.sh
 	chmod 755 "$L1_ROOT/suite.sh"
 	cat >>"$conf" <<-EOF
@@ -339,7 +343,7 @@ if [[ $MODE == suite ]]; then
 			status=0
 			# shellcheck disable=SC2086 # SUITE_ARGS: words for the test harness
 			(cd tests && timeout -k 5 "$left" "$exe" $SUITE_ARGS) >"$OUT/host-$name.log" 2>&1 || status=$?
-			host_secs[$name]=$(fmt_secs $(($(now_us) - t0)))
+			host_secs[$name]=$(awk -v us=$(($(now_us) - t0)) 'BEGIN { printf "%.2f", us / 1e6 }')
 			host_counts[$name]=$(awk '/^test result:/ { for (i = 2; i <= NF; i++) {
 				v = $(i - 1) + 0; if ($i ~ /^passed/) p += v; if ($i ~ /^failed/) f += v } }
 				END { printf "%d/%d", p, f }' "$OUT/host-$name.log")
