@@ -38,19 +38,45 @@ pub const QUERY_QUIESCE: u32 = 1;
 /// Query flag: resume the workload.
 pub const QUERY_RESUME: u32 = 2;
 
-const K_EVICT: u32 = 0x101;
-const K_RETURN: u32 = 0x102;
-const K_CANCEL: u32 = 0x103;
-const K_QUERY: u32 = 0x104;
-const K_PROBE: u32 = 0x105;
-const K_SHUTDOWN: u32 = 0x106;
-const K_HELLO: u32 = 0x201;
-const K_EVICTED: u32 = 0x202;
-const K_RETURNED: u32 = 0x203;
-const K_MIGRATE: u32 = 0x204;
-const K_REPORT: u32 = 0x205;
-const K_CANCELLED: u32 = 0x206;
-const K_PROBED: u32 = 0x207;
+/// Message kinds (the record's first word): VMM → guest.
+pub const KIND_EVICT: u32 = 0x101;
+/// See [`HostMsg::Return`].
+pub const KIND_RETURN: u32 = 0x102;
+/// See [`HostMsg::Cancel`].
+pub const KIND_CANCEL: u32 = 0x103;
+/// See [`HostMsg::Query`].
+pub const KIND_QUERY: u32 = 0x104;
+/// See [`HostMsg::Probe`].
+pub const KIND_PROBE: u32 = 0x105;
+/// See [`HostMsg::Shutdown`].
+pub const KIND_SHUTDOWN: u32 = 0x106;
+/// Message kinds: guest → VMM. See [`GuestMsg::Hello`].
+pub const KIND_HELLO: u32 = 0x201;
+/// See [`GuestMsg::Evicted`].
+pub const KIND_EVICTED: u32 = 0x202;
+/// See [`GuestMsg::Returned`].
+pub const KIND_RETURNED: u32 = 0x203;
+/// See [`GuestMsg::Migrate`].
+pub const KIND_MIGRATE: u32 = 0x204;
+/// See [`GuestMsg::Report`].
+pub const KIND_REPORT: u32 = 0x205;
+/// See [`GuestMsg::Cancelled`].
+pub const KIND_CANCELLED: u32 = 0x206;
+/// See [`GuestMsg::Probed`].
+pub const KIND_PROBED: u32 = 0x207;
+
+/// Status codes on the wire ([`Status`]): Done.
+pub const STATUS_DONE: u32 = 0;
+/// [`Status::Busy`]; the detail word is the first busy address.
+pub const STATUS_BUSY: u32 = 1;
+/// [`Status::NoMemory`].
+pub const STATUS_NO_MEMORY: u32 = 2;
+/// [`Status::Invalid`].
+pub const STATUS_INVALID: u32 = 3;
+/// [`Status::Cancelled`].
+pub const STATUS_CANCELLED: u32 = 4;
+/// [`Status::Failed`]; the detail word is the guest's error code.
+pub const STATUS_FAILED: u32 = 5;
 
 /// The outcome of a guest-side operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,23 +104,23 @@ pub enum Status {
 impl Status {
     fn encode(self) -> (u32, u64) {
         match self {
-            Status::Done => (0, 0),
-            Status::Busy { first_busy } => (1, first_busy),
-            Status::NoMemory => (2, 0),
-            Status::Invalid => (3, 0),
-            Status::Cancelled => (4, 0),
-            Status::Failed { code } => (5, code),
+            Status::Done => (STATUS_DONE, 0),
+            Status::Busy { first_busy } => (STATUS_BUSY, first_busy),
+            Status::NoMemory => (STATUS_NO_MEMORY, 0),
+            Status::Invalid => (STATUS_INVALID, 0),
+            Status::Cancelled => (STATUS_CANCELLED, 0),
+            Status::Failed { code } => (STATUS_FAILED, code),
         }
     }
 
     fn decode(code: u32, detail: u64) -> Result<Self, DecodeError> {
         Ok(match code {
-            0 => Status::Done,
-            1 => Status::Busy { first_busy: detail },
-            2 => Status::NoMemory,
-            3 => Status::Invalid,
-            4 => Status::Cancelled,
-            5 => Status::Failed { code: detail },
+            STATUS_DONE => Status::Done,
+            STATUS_BUSY => Status::Busy { first_busy: detail },
+            STATUS_NO_MEMORY => Status::NoMemory,
+            STATUS_INVALID => Status::Invalid,
+            STATUS_CANCELLED => Status::Cancelled,
+            STATUS_FAILED => Status::Failed { code: detail },
             _ => return Err(DecodeError::BadField("status")),
         })
     }
@@ -277,16 +303,16 @@ impl HostMsg {
                 gpa,
                 len,
                 flags,
-            } => Record::new(K_EVICT, flags, req, [gpa, len, 0, 0, 0, 0]),
+            } => Record::new(KIND_EVICT, flags, req, [gpa, len, 0, 0, 0, 0]),
             HostMsg::Return { req, gpa, len } => {
-                Record::new(K_RETURN, 0, req, [gpa, len, 0, 0, 0, 0])
+                Record::new(KIND_RETURN, 0, req, [gpa, len, 0, 0, 0, 0])
             }
             HostMsg::Cancel { req, target } => {
-                Record::new(K_CANCEL, 0, req, [target, 0, 0, 0, 0, 0])
+                Record::new(KIND_CANCEL, 0, req, [target, 0, 0, 0, 0, 0])
             }
-            HostMsg::Query { req, flags } => Record::new(K_QUERY, flags, req, [0; 6]),
-            HostMsg::Probe { req, gpa } => Record::new(K_PROBE, 0, req, [gpa, 0, 0, 0, 0, 0]),
-            HostMsg::Shutdown { req } => Record::new(K_SHUTDOWN, 0, req, [0; 6]),
+            HostMsg::Query { req, flags } => Record::new(KIND_QUERY, flags, req, [0; 6]),
+            HostMsg::Probe { req, gpa } => Record::new(KIND_PROBE, 0, req, [gpa, 0, 0, 0, 0, 0]),
+            HostMsg::Shutdown { req } => Record::new(KIND_SHUTDOWN, 0, req, [0; 6]),
         }
         .0
     }
@@ -296,30 +322,30 @@ impl HostMsg {
         let f = fields(buf)?;
         let a = f.args;
         Ok(match f.kind {
-            K_EVICT => HostMsg::Evict {
+            KIND_EVICT => HostMsg::Evict {
                 req: f.req,
                 gpa: a[0],
                 len: a[1],
                 flags: f.word,
             },
-            K_RETURN => HostMsg::Return {
+            KIND_RETURN => HostMsg::Return {
                 req: f.req,
                 gpa: a[0],
                 len: a[1],
             },
-            K_CANCEL => HostMsg::Cancel {
+            KIND_CANCEL => HostMsg::Cancel {
                 req: f.req,
                 target: a[0],
             },
-            K_QUERY => HostMsg::Query {
+            KIND_QUERY => HostMsg::Query {
                 req: f.req,
                 flags: f.word,
             },
-            K_PROBE => HostMsg::Probe {
+            KIND_PROBE => HostMsg::Probe {
                 req: f.req,
                 gpa: a[0],
             },
-            K_SHUTDOWN => HostMsg::Shutdown { req: f.req },
+            KIND_SHUTDOWN => HostMsg::Shutdown { req: f.req },
             k => return Err(DecodeError::UnknownKind(k)),
         })
     }
@@ -368,7 +394,7 @@ impl GuestMsg {
     pub fn encode(&self) -> [u8; MSG_SIZE] {
         match *self {
             GuestMsg::Hello { version, features } => {
-                Record::new(K_HELLO, version, 0, [features, 0, 0, 0, 0, 0])
+                Record::new(KIND_HELLO, version, 0, [features, 0, 0, 0, 0, 0])
             }
             GuestMsg::Evicted {
                 req,
@@ -376,15 +402,15 @@ impl GuestMsg {
                 migrated,
             } => {
                 let (code, detail) = status.encode();
-                Record::new(K_EVICTED, code, req, [detail, migrated, 0, 0, 0, 0])
+                Record::new(KIND_EVICTED, code, req, [detail, migrated, 0, 0, 0, 0])
             }
             GuestMsg::Returned { req, status } => {
                 let (code, detail) = status.encode();
-                Record::new(K_RETURNED, code, req, [detail, 0, 0, 0, 0, 0])
+                Record::new(KIND_RETURNED, code, req, [detail, 0, 0, 0, 0, 0])
             }
-            GuestMsg::Migrate { req, count } => Record::new(K_MIGRATE, count, req, [0; 6]),
+            GuestMsg::Migrate { req, count } => Record::new(KIND_MIGRATE, count, req, [0; 6]),
             GuestMsg::Report { req, report: r } => Record::new(
-                K_REPORT,
+                KIND_REPORT,
                 0,
                 req,
                 [
@@ -402,10 +428,10 @@ impl GuestMsg {
                 status,
             } => {
                 let (code, detail) = status.encode();
-                Record::new(K_CANCELLED, code, req, [target, detail, 0, 0, 0, 0])
+                Record::new(KIND_CANCELLED, code, req, [target, detail, 0, 0, 0, 0])
             }
             GuestMsg::Probed { req, value } => {
-                Record::new(K_PROBED, 0, req, [value, 0, 0, 0, 0, 0])
+                Record::new(KIND_PROBED, 0, req, [value, 0, 0, 0, 0, 0])
             }
         }
         .0
@@ -416,24 +442,24 @@ impl GuestMsg {
         let f = fields(buf)?;
         let a = f.args;
         Ok(match f.kind {
-            K_HELLO => GuestMsg::Hello {
+            KIND_HELLO => GuestMsg::Hello {
                 version: f.word,
                 features: a[0],
             },
-            K_EVICTED => GuestMsg::Evicted {
+            KIND_EVICTED => GuestMsg::Evicted {
                 req: f.req,
                 status: Status::decode(f.word, a[0])?,
                 migrated: a[1],
             },
-            K_RETURNED => GuestMsg::Returned {
+            KIND_RETURNED => GuestMsg::Returned {
                 req: f.req,
                 status: Status::decode(f.word, a[0])?,
             },
-            K_MIGRATE => GuestMsg::Migrate {
+            KIND_MIGRATE => GuestMsg::Migrate {
                 req: f.req,
                 count: f.word,
             },
-            K_REPORT => GuestMsg::Report {
+            KIND_REPORT => GuestMsg::Report {
                 req: f.req,
                 report: Report {
                     manifest_gpa: a[0],
@@ -444,12 +470,12 @@ impl GuestMsg {
                     pages_migrated: a[5],
                 },
             },
-            K_CANCELLED => GuestMsg::Cancelled {
+            KIND_CANCELLED => GuestMsg::Cancelled {
                 req: f.req,
                 target: a[0],
                 status: Status::decode(f.word, a[1])?,
             },
-            K_PROBED => GuestMsg::Probed {
+            KIND_PROBED => GuestMsg::Probed {
                 req: f.req,
                 value: a[0],
             },

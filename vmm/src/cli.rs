@@ -81,7 +81,10 @@ run options:
   --config FILE                   VM configuration in TOML (see resources/vm.toml)
   --memory SIZE                   guest memory, e.g. 256M (default 256M)
   --vcpus N                       number of vCPUs (default 1)
-  --kernel PATH                   guest image (default: the reference guest built with cma-vmm)
+  --kernel PATH                   guest image: an ELF speaking the reference guest's boot
+                                  protocol, or a Linux bzImage (default: the reference guest
+                                  built into cma-vmm)
+  --initrd PATH                   initramfs for a Linux guest
   --cma name=N,size=S[,base=A][,align=S][,private][,order_per_bit=K]
                                   declare a CMA region (repeatable)
   --cma-map 'dev[,dev]=r[,r];*=r' device -> region map rules, first match wins
@@ -89,7 +92,9 @@ run options:
                                   regions and rules in the original CMA patches' syntax
   --capture NAME                  a frame-capture device named NAME (repeatable; a map rule
                                   must send NAME to a region)
-  --guest-args STR                the guest's command line
+  --guest-args STR, --cmdline STR the guest's command line (Linux: kernel parameters,
+                                  after the VMM's own: console=ttyS0 reboot=k panic=-1
+                                  pci=off memhp_default_state=online_movable)
   --exercise N                    once the guest has populated lent memory, allocate and
                                   free N chunks of several sizes and alignments, check every
                                   guest page, and shut the guest down
@@ -302,6 +307,7 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
     let mut memory = None;
     let mut vcpus = None;
     let mut kernel = None;
+    let mut initrd = None;
     let mut regions = Vec::new();
     let mut capture = Vec::new();
     let mut map = None;
@@ -349,6 +355,10 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
                 once(kernel.is_some())?;
                 kernel = Some(PathBuf::from(args.value(&flag)?));
             }
+            "--initrd" => {
+                once(initrd.is_some())?;
+                initrd = Some(PathBuf::from(args.value(&flag)?));
+            }
             "--cma" => regions.push(parse_region_flag(&args.value(&flag)?)?),
             "--capture" => capture.push(args.value(&flag)?),
             "--cma-map" => {
@@ -359,7 +369,7 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
                 once(cmdline.is_some())?;
                 cmdline = Some(config::cmdline::parse(&args.value(&flag)?)?);
             }
-            "--guest-args" => {
+            "--guest-args" | "--cmdline" => {
                 once(guest_args.is_some())?;
                 guest_args = Some(args.value(&flag)?);
             }
@@ -457,6 +467,9 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
     }
     if kernel.is_some() {
         config.kernel = kernel;
+    }
+    if initrd.is_some() {
+        config.initrd = initrd;
     }
     if let Some(g) = guest_args {
         config.guest_args = g;

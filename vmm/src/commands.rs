@@ -361,12 +361,17 @@ fn report_outcome(outcome: &RunOutcome) {
         RunOutcome::Exited(s) => eprintln!("cma-vmm: guest exited with status {s}"),
         RunOutcome::Crashed(diag) => eprintln!("cma-vmm: {diag}"),
         RunOutcome::Stopped => eprintln!("cma-vmm: guest stopped after the timeout"),
+        RunOutcome::PoweredOff => eprintln!("cma-vmm: the guest powered off"),
+        RunOutcome::Reset => eprintln!(
+            "cma-vmm: the guest reset itself (a reboot, or a kernel panic with panic=-1): cma-vmm does not restart guests"
+        ),
     }
 }
 
 fn exit_code(outcome: &RunOutcome) -> i32 {
     match outcome {
         RunOutcome::Exited(s) => (*s).min(255) as i32,
-        RunOutcome::Crashed(_) | RunOutcome::Stopped => EXIT_GUEST_CRASH,
+        RunOutcome::PoweredOff => 0,
+        RunOutcome::Crashed(_) | RunOutcome::Stopped | RunOutcome::Reset => EXIT_GUEST_CRASH,
     }
 }

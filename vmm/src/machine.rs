@@ -18,13 +18,19 @@ use protocol::layout::{
 use std::sync::atomic::{AtomicBool, Ordering};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{self, BootDevice, BootError, GuestImage};
+use crate::arch::BootEntry;
+use crate::arch::acpi::VirtioMmioDevice;
+use crate::boot::{self, BootDevice, BootError, GuestImage, linux};
 use crate::cma::{Cma, CmaError};
-use crate::config::ValidConfig;
+use crate::config::{GuestKind, ValidConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::platform::{
     ExitPort, PlatformState, ProgressPort, SharedPlatform, monotonic_ns,
 };
+use crate::devices::legacy::power::{
+    ACPI_SLEEP_PORT, AcpiSleep, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, PowerEvent,
+};
+use crate::devices::legacy::rtc::{RTC_PORT, Rtc};
 use crate::devices::legacy::serial::{Console, SerialDevice};
 use crate::devices::virtio::agent::event_handler::AgentEventHandler;
 use crate::devices::virtio::agent::{AgentChannel, AgentDevice};
@@ -107,6 +113,10 @@ pub enum RunOutcome {
     Crashed(String),
     /// The VMM stopped the guest (shutdown request or timeout).
     Stopped,
+    /// The guest powered the machine off (ACPI S5; Linux `poweroff`).
+    PoweredOff,
+    /// The guest reset the machine (Linux `reboot`, or a panic with `panic=-1`).
+    Reset,
 }
 
 /// Boot milestones as CLOCK_MONOTONIC nanoseconds (see [`monotonic_ns`]).
@@ -164,32 +174,31 @@ impl Vmm {
     /// Build the VM described by `config`.
     pub fn new(config: ValidConfig, options: &VmmOptions) -> Result<Self, VmmError> {
         let started = monotonic_ns();
-        let image = match &config.kernel {
-            Some(p) => GuestImage::File(p.clone()),
-            None => GuestImage::Reference,
-        };
         let kvm = open_kvm(&options.kvm_path)?;
         let ram = Arc::new(GuestRam::new(config.memory)?);
         if options.prealloc {
             ram.prealloc()?;
         }
-        let image = boot::load_guest(&ram, &image)?;
         crate::arch::write_boot_tables(&ram)?;
         let vm = Arc::new(Vm::new(&kvm, ram.clone())?);
         // Private regions are never lent: the guest cannot even address them.
         for r in config.regions.iter().filter(|r| r.private) {
             vm.revoke(r.base, r.size)?;
         }
+        if config.guest == GuestKind::Linux {
+            vm.create_pit()?;
+        }
 
         let exit_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"))?;
         let console = Console::new(options.echo_console);
         let platform: SharedPlatform = Arc::new(Mutex::new(PlatformState::default()));
-        let pio = Arc::new(legacy_devices(&console, &platform, &exit_evt)?);
+        let pio = Arc::new(legacy_devices(&vm, &console, &platform, &exit_evt)?);
         let mut mmio = Bus::default();
         let counters = Arc::new(ExitCounters::default());
         let control = Arc::new(VcpuControl::default());
         let cma = Arc::new(Cma::new(&config.regions, &config.map)?);
-        let agent = AgentSetup::new(&vm, &cma, &mut mmio)?;
+        let irq = |index| DeviceIrq::for_guest(config.guest, index);
+        let agent = AgentSetup::new(&vm, &cma, &mut mmio, irq(0))?;
         let grants = Arc::new(GrantManager::new(
             cma,
             vm.clone(),
@@ -200,13 +209,15 @@ impl Vmm {
         ));
         let mut captures = Vec::new();
         for (i, name) in config.capture.iter().enumerate() {
-            captures.push(CaptureSetup::new(i, name, &vm, &grants, &mut mmio)?);
+            captures.push(CaptureSetup::new(i, name, &vm, &grants, &mut mmio, irq(i + 1))?);
         }
         let devices: Vec<BootDevice> = std::iter::once(agent.boot_device())
             .chain(captures.iter().map(CaptureSetup::boot_device))
             .collect();
-        let info = boot::boot_info(&config, image, &devices)?;
-        boot::write_boot_info(&ram, &info)?;
+        let entry = match config.guest {
+            GuestKind::Reference => boot_reference(&config, &ram, &devices)?,
+            GuestKind::Linux => boot_linux(&config, &ram, &devices)?,
+        };
         let mmio = Arc::new(mmio);
 
         let mut vcpus = Vec::new();
@@ -219,7 +230,7 @@ impl Vmm {
                 counters: counters.clone(),
                 stop_evt: exit_evt.try_clone().map_err(os_err("eventfd"))?,
             };
-            vcpus.push(Vcpu::new(&kvm, id, image.entry, ctx)?);
+            vcpus.push(Vcpu::new(&kvm, id, &entry, ctx)?);
         }
         Ok(Vmm {
             config,
@@ -372,7 +383,14 @@ impl RunningVmm {
         if let Some(diag) = lock(&self.control.crash).clone() {
             return Some(RunOutcome::Crashed(diag));
         }
-        lock(&self.platform).exit_status.map(RunOutcome::Exited)
+        let platform = lock(&self.platform);
+        if let Some(status) = platform.exit_status {
+            return Some(RunOutcome::Exited(status));
+        }
+        platform.power.map(|p| match p {
+            PowerEvent::PowerOff => RunOutcome::PoweredOff,
+            PowerEvent::Reset => RunOutcome::Reset,
+        })
     }
 
     /// Block until the guest exits or crashes, or `timeout` passes (then stop it).
@@ -419,17 +437,98 @@ impl RunningVmm {
     }
 }
 
-/// The serial console, the exit port and the progress port.
+/// The reference guest: its ELF image, the boot-information block.
+fn boot_reference(
+    config: &ValidConfig,
+    ram: &GuestRam,
+    devices: &[BootDevice],
+) -> Result<BootEntry, VmmError> {
+    let image = match &config.kernel {
+        Some(p) => GuestImage::File(p.clone()),
+        None => GuestImage::Reference,
+    };
+    let image = boot::load_guest(ram, &image)?;
+    let info = boot::boot_info(config, image, devices)?;
+    boot::write_boot_info(ram, &info)?;
+    Ok(BootEntry::reference(image.entry))
+}
+
+/// A Linux guest: the bzImage, its initramfs, the ACPI tables, the zero page.
+fn boot_linux(
+    config: &ValidConfig,
+    ram: &GuestRam,
+    devices: &[BootDevice],
+) -> Result<BootEntry, VmmError> {
+    let path = config
+        .kernel
+        .as_ref()
+        .ok_or_else(|| BootError::Linux("no kernel image".into()))?;
+    let image = linux::load_kernel(ram, path)?;
+    let e820 = linux::e820_map(config);
+    let initrd = match &config.initrd {
+        Some(p) => Some(linux::load_initrd(ram, p, &e820, &image)?),
+        None => None,
+    };
+    let acpi_devices: Vec<VirtioMmioDevice> = devices
+        .iter()
+        .map(|d| VirtioMmioDevice {
+            base: d.base,
+            size: d.size,
+            gsi: d.gsi,
+        })
+        .collect();
+    let rsdp = crate::arch::acpi::write_tables(ram, config.vcpus, &acpi_devices)?;
+    let cmdline = linux::cmdline(config);
+    linux::write_zero_page(
+        ram,
+        &linux::ZeroPage {
+            image: &image,
+            cmdline: &cmdline,
+            initrd,
+            e820: &e820,
+            rsdp,
+        },
+    )?;
+    Ok(BootEntry::linux(
+        image.entry,
+        linux::ZERO_PAGE_ADDR,
+        linux::BOOT_STACK,
+    ))
+}
+
+/// The serial console (interrupting on IOAPIC pin 4), the exit and progress ports, the
+/// CMOS clock, and the i8042 reset and ACPI sleep ports through which Linux guests reboot
+/// and power off.
 fn legacy_devices(
+    vm: &Vm,
     console: &Console,
     platform: &SharedPlatform,
     exit_evt: &EventFd,
 ) -> Result<Bus, VmmError> {
+    let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"));
+    let serial_irq = evt()?;
+    vm.add_pin_irqfd(&serial_irq, crate::arch::acpi::SERIAL_GSI)?;
     let mut pio = Bus::default();
     pio.insert(
         u64::from(SERIAL_PORT),
         8,
-        Arc::new(Mutex::new(SerialDevice::new(console.clone()))),
+        Arc::new(Mutex::new(SerialDevice::new(console.clone(), Some(serial_irq)))),
+    )?;
+    let exit = || exit_evt.try_clone().map_err(os_err("eventfd"));
+    pio.insert(
+        u64::from(I8042_DATA_PORT),
+        u64::from(I8042_COMMAND_PORT - I8042_DATA_PORT + 1),
+        Arc::new(Mutex::new(I8042::new(platform.clone(), exit()?))),
+    )?;
+    pio.insert(
+        u64::from(ACPI_SLEEP_PORT),
+        1,
+        Arc::new(Mutex::new(AcpiSleep::new(platform.clone(), exit()?))),
+    )?;
+    pio.insert(
+        u64::from(RTC_PORT),
+        2,
+        Arc::new(Mutex::new(Rtc::default())),
     )?;
     let exit_port = ExitPort::new(
         platform.clone(),
@@ -444,19 +543,52 @@ fn legacy_devices(
     Ok(pio)
 }
 
-/// Put `device` behind a virtio-mmio window at `window`: interrupts as MSI `vector`
-/// through an irqfd, QueueNotify through an ioeventfd (returned, for the device thread).
+/// How a virtio device interrupts the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceIrq {
+    /// An MSI straight to the boot CPU's local APIC (the reference guest).
+    Msi(u8),
+    /// An IOAPIC pin (Linux: the ACPI tables give each virtio-mmio device one).
+    Pin(u32),
+}
+
+/// IOAPIC pin of the first virtio device (after the legacy ISA pins Linux expects in use).
+const FIRST_DEVICE_GSI: u32 = 5;
+
+impl DeviceIrq {
+    /// The interrupt of virtio device `index` (0 = the agent).
+    fn for_guest(guest: GuestKind, index: usize) -> Self {
+        match guest {
+            GuestKind::Reference => DeviceIrq::Msi(DEVICE_VECTOR_BASE + index as u8),
+            GuestKind::Linux => DeviceIrq::Pin(FIRST_DEVICE_GSI + index as u32),
+        }
+    }
+
+    /// (MSI vector, IOAPIC pin) as the boot structures describe them; 0 where unused.
+    fn described(self) -> (u8, u32) {
+        match self {
+            DeviceIrq::Msi(v) => (v, 0),
+            DeviceIrq::Pin(gsi) => (0, gsi),
+        }
+    }
+}
+
+/// Put `device` behind a virtio-mmio window at `window`: interrupts through an irqfd,
+/// QueueNotify through an ioeventfd (returned, for the device thread).
 fn attach_virtio(
     vm: &Arc<Vm>,
     cma: &Cma,
     mmio: &mut Bus,
     device: Arc<Mutex<dyn VirtioDevice>>,
     window: u64,
-    vector: u8,
+    irq: DeviceIrq,
 ) -> Result<EventFd, VmmError> {
     let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"));
     let irqfd = evt()?;
-    vm.add_msi_irqfd(&irqfd, vector)?;
+    match irq {
+        DeviceIrq::Msi(vector) => vm.add_msi_irqfd(&irqfd, vector)?,
+        DeviceIrq::Pin(gsi) => vm.add_pin_irqfd(&irqfd, gsi)?,
+    }
     let transport = MmioTransport::new(
         device,
         vm.ram().clone(),
@@ -485,18 +617,26 @@ struct AgentSetup {
     device: Arc<Mutex<AgentDevice>>,
     notify: EventFd,
     kick: EventFd,
+    irq: DeviceIrq,
 }
 
 impl AgentSetup {
-    /// Create the agent device at the first virtio-mmio window: MSI through an irqfd,
-    /// QueueNotify through an ioeventfd.
-    fn new(vm: &Arc<Vm>, cma: &Arc<Cma>, mmio: &mut Bus) -> Result<Self, VmmError> {
+    /// Create the agent device at the first virtio-mmio window: interrupts through an
+    /// irqfd, QueueNotify through an ioeventfd; its config space lists the regions.
+    fn new(
+        vm: &Arc<Vm>,
+        cma: &Arc<Cma>,
+        mmio: &mut Bus,
+        irq: DeviceIrq,
+    ) -> Result<Self, VmmError> {
         let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"));
         let kick = evt()?;
         let channel = AgentChannel::new(kick.try_clone().map_err(os_err("eventfd"))?);
         let taken = cma.clone();
+        let regions: Vec<_> = cma.regions().iter().filter_map(|r| r.desc()).collect();
         let device = Arc::new(Mutex::new(AgentDevice::new(
             vm.ram().clone(),
+            &regions,
             channel.shared().clone(),
             Arc::new(move |gpa, len| taken.is_taken(gpa, len)),
         )));
@@ -506,22 +646,25 @@ impl AgentSetup {
             mmio,
             device.clone(),
             VIRTIO_MMIO_BASE,
-            DEVICE_VECTOR_BASE,
+            irq,
         )?;
         Ok(AgentSetup {
             channel,
             device,
             notify,
             kick,
+            irq,
         })
     }
 
     fn boot_device(&self) -> BootDevice {
+        let (vector, gsi) = self.irq.described();
         BootDevice {
             kind: DeviceKind::Agent,
             base: VIRTIO_MMIO_BASE,
             size: VIRTIO_MMIO_SIZE,
-            vector: DEVICE_VECTOR_BASE,
+            vector,
+            gsi,
             name: "agent".into(),
         }
     }
@@ -577,7 +720,7 @@ struct CaptureSetup {
     device: Arc<Mutex<CaptureDevice>>,
     notify: EventFd,
     window: u64,
-    vector: u8,
+    irq: DeviceIrq,
 }
 
 impl CaptureSetup {
@@ -588,9 +731,9 @@ impl CaptureSetup {
         vm: &Arc<Vm>,
         grants: &Arc<GrantManager>,
         mmio: &mut Bus,
+        irq: DeviceIrq,
     ) -> Result<Self, VmmError> {
         let window = VIRTIO_MMIO_BASE + (index as u64 + 1) * VIRTIO_MMIO_SIZE;
-        let vector = DEVICE_VECTOR_BASE + index as u8 + 1;
         let taken = grants.cma().clone();
         let device = Arc::new(Mutex::new(CaptureDevice::new(
             name,
@@ -598,22 +741,24 @@ impl CaptureSetup {
             grants.clone(),
             Arc::new(move |gpa, len| taken.is_taken(gpa, len)),
         )));
-        let notify = attach_virtio(vm, grants.cma(), mmio, device.clone(), window, vector)?;
+        let notify = attach_virtio(vm, grants.cma(), mmio, device.clone(), window, irq)?;
         Ok(CaptureSetup {
             name: name.to_string(),
             device,
             notify,
             window,
-            vector,
+            irq,
         })
     }
 
     fn boot_device(&self) -> BootDevice {
+        let (vector, gsi) = self.irq.described();
         BootDevice {
             kind: DeviceKind::Capture,
             base: self.window,
             size: VIRTIO_MMIO_SIZE,
-            vector: self.vector,
+            vector,
+            gsi,
             name: self.name.clone(),
         }
     }

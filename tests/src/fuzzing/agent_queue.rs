@@ -88,7 +88,8 @@ impl QueueHarness {
         let owned = |gpa: u64, len: u64| {
             gpa < DEVICE_OWNED + DEVICE_OWNED_LEN && DEVICE_OWNED < gpa.saturating_add(len)
         };
-        let mut device = AgentDevice::new(ram.clone(), channel.shared().clone(), Arc::new(owned));
+        let mut device =
+            AgentDevice::new(ram.clone(), &[], channel.shared().clone(), Arc::new(owned));
         let queues = RINGS
             .iter()
             .map(|&(desc, avail, used)| {

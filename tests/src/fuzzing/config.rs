@@ -200,6 +200,7 @@ pub(super) fn vm_boot_info(valid: &ValidConfig) -> Option<BootInfo> {
         base: VIRTIO_MMIO_BASE,
         size: VIRTIO_MMIO_SIZE,
         vector: DEVICE_VECTOR_BASE,
+        gsi: 0,
         name: "agent".into(),
     };
     vmm::boot::boot_info(valid, image, &[agent]).ok()

@@ -200,6 +200,8 @@ impl<'vm> ApiContext<'vm> {
             Some(RunOutcome::Exited(s)) => ("exited", Some(s), None),
             Some(RunOutcome::Crashed(d)) => ("crashed", None, Some(d)),
             Some(RunOutcome::Stopped) => ("stopped", None, None),
+            Some(RunOutcome::PoweredOff) => ("powered_off", None, None),
+            Some(RunOutcome::Reset) => ("reset", None, None),
         };
         let config = self.vm.config();
         VmStatus {

@@ -1,9 +1,12 @@
 //! x86-64 boot: the state a vCPU needs to start the guest directly in 64-bit mode.
 //!
-//! The guest is entered at its ELF entry point with paging on (an identity map of the first
-//! 4 GiB with 2 MiB pages), a flat GDT in guest memory, SSE enabled, interrupts off, and
-//! the boot-information address in `%rdi`. The guest replaces GDT, IDT and page tables
-//! with its own as soon as it runs.
+//! The guest is entered at its entry point with paging on (an identity map of the first
+//! 4 GiB with 2 MiB pages), a flat GDT in guest memory, SSE enabled and interrupts off;
+//! the reference guest finds its boot-information address in `%rdi`, Linux its zero page
+//! in `%rsi` (the 64-bit boot protocol). Both replace GDT, IDT and page tables with their
+//! own as soon as they run. [`acpi`] describes the machine to Linux guests.
+
+pub mod acpi;
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use protocol::layout::{
@@ -96,11 +99,49 @@ pub fn boot_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     sregs
 }
 
-/// General registers: entry point, boot-info pointer, interrupts off.
-pub fn boot_regs(entry: u64) -> kvm_regs {
+/// Where and how a guest is entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootEntry {
+    /// First instruction.
+    pub rip: u64,
+    /// First argument: the boot-information block (reference guest).
+    pub rdi: u64,
+    /// Second argument: the zero page (Linux).
+    pub rsi: u64,
+    /// Initial stack pointer, or 0 for none (the reference guest sets its own first).
+    pub rsp: u64,
+}
+
+impl BootEntry {
+    /// The reference guest: its ELF entry, the boot information in `%rdi`.
+    pub fn reference(entry: u64) -> Self {
+        BootEntry {
+            rip: entry,
+            rdi: BOOT_INFO_ADDR,
+            rsi: 0,
+            rsp: 0,
+        }
+    }
+
+    /// Linux: the 64-bit entry, the zero page in `%rsi`, a small boot stack.
+    pub fn linux(entry: u64, zero_page: u64, stack: u64) -> Self {
+        BootEntry {
+            rip: entry,
+            rdi: 0,
+            rsi: zero_page,
+            rsp: stack,
+        }
+    }
+}
+
+/// General registers at entry, interrupts off.
+pub fn boot_regs(entry: &BootEntry) -> kvm_regs {
     kvm_regs {
-        rip: entry,
-        rdi: BOOT_INFO_ADDR,
+        rip: entry.rip,
+        rdi: entry.rdi,
+        rsi: entry.rsi,
+        rsp: entry.rsp,
+        rbp: entry.rsp,
         rflags: 0x2,
         ..Default::default()
     }

@@ -1,4 +1,5 @@
-//! Loading the guest image and writing the boot information.
+//! The reference guest's boot: load its ELF image at 1 MiB and write the boot-information
+//! block the guest validates before anything else.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -14,49 +15,13 @@ use protocol::layout::{
 };
 use vm_memory::GuestAddress;
 
+use super::BootError;
 use crate::config::ValidConfig;
 use crate::vstate::memory::GuestRam;
 
 /// The reference guest, built by `build.rs` and embedded in the VMM, so that `cma-vmm`
 /// boots it by default wherever the binary is copied.
 pub static REFERENCE_GUEST: &[u8] = include_bytes!(env!("CMA_GUEST_ELF"));
-
-/// Errors of guest loading and boot-information set-up.
-#[derive(Debug, thiserror::Error)]
-pub enum BootError {
-    /// The image cannot be opened.
-    #[error("cannot open guest image {path}: {source}")]
-    Open {
-        /// The image path.
-        path: String,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// The image is not a loadable ELF.
-    #[error("malformed guest image {path}: {reason}")]
-    Malformed {
-        /// The image path.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// The image does not fit the boot area.
-    #[error("guest image {path} occupies [{start:#x}, {end:#x}): it must lie in [1M, 2M)")]
-    TooLarge {
-        /// The image path.
-        path: String,
-        /// Entry point.
-        start: u64,
-        /// One past the end of its last segment.
-        end: u64,
-    },
-    /// The boot information does not fit its format.
-    #[error("boot information does not fit: {0}")]
-    BootInfo(String),
-    /// Writing guest memory failed.
-    #[error(transparent)]
-    Memory(#[from] crate::vstate::memory::MemoryError),
-}
 
 /// Which guest image to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,8 +155,10 @@ pub struct BootDevice {
     pub base: u64,
     /// MMIO window size.
     pub size: u64,
-    /// Interrupt vector.
+    /// Interrupt vector of its MSI (reference guest).
     pub vector: u8,
+    /// IOAPIC pin (Linux guests).
+    pub gsi: u32,
     /// Device name.
     pub name: String,
 }

@@ -50,6 +50,7 @@ struct FileConfig {
     memory: Option<Number>,
     vcpus: Option<u8>,
     kernel: Option<String>,
+    initrd: Option<String>,
     guest_args: Option<String>,
     #[serde(default)]
     cma: Vec<FileRegion>,
@@ -121,6 +122,7 @@ pub fn parse(text: &str, path: &str) -> Result<VmConfig, ConfigError> {
         config.vcpus = v;
     }
     config.kernel = file.kernel.map(Into::into);
+    config.initrd = file.initrd.map(Into::into);
     config.guest_args = file.guest_args.unwrap_or_default();
     for r in &file.cma {
         let mut region = RegionConfig::new(&r.name, r.size.size("size")?);

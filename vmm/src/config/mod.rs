@@ -13,6 +13,7 @@
 
 pub mod cmdline;
 pub mod file;
+pub mod guest;
 mod place;
 pub mod size;
 
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 
 use protocol::boot::{MAX_REGIONS, is_valid_name};
 use protocol::layout::{MAX_MEMORY, MIN_MEMORY, PAGE_SIZE};
+pub use guest::GuestKind;
 pub use size::{format_size, parse_addr, parse_size};
 
 /// The wildcard device pattern of a map rule.
@@ -156,13 +158,15 @@ pub enum ConfigError {
     },
     /// Too little ordinary RAM left for the guest.
     #[error(
-        "CMA regions leave only {left} of ordinary RAM; the guest needs at least {needed} (8M + memory/64)"
+        "CMA regions leave only {left} of ordinary RAM; the guest needs at least {needed} ({rule})"
     )]
     TooLittleRam {
         /// Ordinary RAM left.
         left: String,
         /// Ordinary RAM needed.
         needed: String,
+        /// How `needed` is computed for this guest.
+        rule: &'static str,
     },
     /// An `order_per_bit` out of range.
     #[error(
@@ -230,9 +234,45 @@ pub enum ConfigError {
         "capture device '{0}' matches no map rule (add one with --cma-map, e.g. '{0}=REGION' or '*=REGION')"
     )]
     UnmappedDevice(String),
-    /// A guest command line that does not fit the boot information.
-    #[error("guest arguments are {0} bytes long: at most 512")]
-    GuestArgsTooLong(usize),
+    /// A guest command line that does not fit.
+    #[error("the guest command line is {len} bytes long: at most {max} for this guest")]
+    GuestArgsTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit for the guest's kind.
+        max: usize,
+    },
+    /// A kernel image that cannot be booted.
+    #[error("cannot boot kernel {path}: {reason}")]
+    BadKernel {
+        /// The image.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// An initramfs that cannot be used.
+    #[error("cannot use initrd {path}: {reason}")]
+    BadInitrd {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// An initramfs for a guest that is not Linux.
+    #[error("--initrd needs a Linux bzImage kernel (--kernel); the reference guest takes none")]
+    InitrdNeedsLinux,
+    /// A lent region that a Linux guest cannot hot-add.
+    #[error(
+        "CMA region '{name}' {field} {value} is not a multiple of 128M: regions lent to a Linux guest are hot-added as whole memory blocks (128M, on 128M boundaries)"
+    )]
+    NotMemoryBlock {
+        /// Region name.
+        name: String,
+        /// `base` or `size`.
+        field: &'static str,
+        /// The value.
+        value: String,
+    },
 }
 
 /// One CMA region as configured (before placement).
@@ -298,7 +338,10 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Guest image; `None` for the reference guest built with the VMM.
     pub kernel: Option<PathBuf>,
-    /// The guest's command line (test modes, workload size).
+    /// An initramfs for a Linux guest.
+    pub initrd: Option<PathBuf>,
+    /// The guest's command line (the reference guest's test modes and workload size; a
+    /// Linux guest's kernel parameters, after the VMM's defaults).
     pub guest_args: String,
     /// CMA regions.
     pub regions: Vec<RegionConfig>,
@@ -314,6 +357,7 @@ impl Default for VmConfig {
             memory: 256 << 20,
             vcpus: 1,
             kernel: None,
+            initrd: None,
             guest_args: String::new(),
             regions: Vec::new(),
             map: Vec::new(),
@@ -344,6 +388,21 @@ impl RegionSpec {
     pub fn end(&self) -> u64 {
         self.base + self.size
     }
+
+    /// The region as the guest is told about it (boot information, agent config space).
+    pub fn desc(&self) -> Option<protocol::boot::RegionDesc> {
+        Some(protocol::boot::RegionDesc {
+            id: self.id,
+            flags: if self.private {
+                protocol::boot::REGION_PRIVATE
+            } else {
+                0
+            },
+            base: self.base,
+            size: self.size,
+            name: protocol::boot::Name::new(&self.name)?,
+        })
+    }
 }
 
 /// A configuration that passed every check, with every region placed.
@@ -355,6 +414,10 @@ pub struct ValidConfig {
     pub vcpus: u8,
     /// Guest image; `None` for the reference guest.
     pub kernel: Option<PathBuf>,
+    /// The boot protocol the image speaks.
+    pub guest: GuestKind,
+    /// An initramfs (Linux guests only).
+    pub initrd: Option<PathBuf>,
     /// The guest's command line.
     pub guest_args: String,
     /// Regions, in configuration order (`id` = index).
@@ -372,30 +435,58 @@ impl VmConfig {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::BadVcpus(self.vcpus.to_string()));
         }
-        if self.guest_args.len() > protocol::boot::MAX_CMDLINE {
-            return Err(ConfigError::GuestArgsTooLong(self.guest_args.len()));
+        let guest = self.check_images()?;
+        let max_args = match guest {
+            GuestKind::Reference => protocol::boot::MAX_CMDLINE,
+            GuestKind::Linux => guest::LINUX_MAX_CMDLINE - crate::boot::linux::DEFAULT_CMDLINE.len() - 1,
+        };
+        if self.guest_args.len() > max_args {
+            return Err(ConfigError::GuestArgsTooLong {
+                len: self.guest_args.len(),
+                max: max_args,
+            });
         }
         if self.regions.len() > MAX_REGIONS {
             return Err(ConfigError::TooManyRegions(self.regions.len()));
         }
         for (i, r) in self.regions.iter().enumerate() {
             self.check_region(r)?;
+            if guest == GuestKind::Linux && !r.private {
+                check_memory_blocks(r)?;
+            }
             if self.regions[..i].iter().any(|o| o.name == r.name) {
                 return Err(ConfigError::DuplicateRegion(r.name.clone()));
             }
         }
-        let regions = place::place_regions(self.memory, &self.regions)?;
+        let regions = place::place_regions(self.memory, &self.regions, guest)?;
         self.check_map(&regions)?;
         self.check_capture()?;
         Ok(ValidConfig {
             memory: self.memory,
             vcpus: self.vcpus,
             kernel: self.kernel.clone(),
+            guest,
+            initrd: self.initrd.clone(),
             guest_args: self.guest_args.clone(),
             regions,
             map: self.map.clone(),
             capture: self.capture.clone(),
         })
+    }
+
+    /// The guest's kind, from its image; an initramfs only with a Linux kernel.
+    fn check_images(&self) -> Result<GuestKind, ConfigError> {
+        let kind = match &self.kernel {
+            Some(path) => guest::detect(path)?,
+            None => GuestKind::Reference,
+        };
+        if let Some(initrd) = &self.initrd {
+            if kind != GuestKind::Linux {
+                return Err(ConfigError::InitrdNeedsLinux);
+            }
+            guest::check_initrd(initrd)?;
+        }
+        Ok(kind)
     }
 
     fn check_capture(&self) -> Result<(), ConfigError> {
@@ -520,6 +611,28 @@ impl VmConfig {
         }
         Ok(())
     }
+}
+
+/// A region lent to a Linux guest must be whole memory blocks: the guest hot-adds it.
+fn check_memory_blocks(r: &RegionConfig) -> Result<(), ConfigError> {
+    let block = guest::LINUX_MEMORY_BLOCK;
+    let mut fields = vec![("size", r.size)];
+    if let Some(base) = r.base {
+        fields.insert(0, ("base", base));
+    }
+    if let Some(align) = r.align.filter(|a| *a > block) {
+        fields.push(("alignment", align % block));
+    }
+    for (field, value) in fields {
+        if value % block != 0 {
+            return Err(ConfigError::NotMemoryBlock {
+                name: r.name.clone(),
+                field,
+                value: format_size(value),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Parse one `--cma` flag: `name=NAME,size=SIZE[,base=ADDR][,align=SIZE][,private]

@@ -3,12 +3,17 @@
 
 use protocol::layout::{BOOT_AREA_END, PAGEBLOCK_SIZE, align_down, ram_ranges};
 
+use super::guest::{GuestKind, LINUX_MEMORY_BLOCK, LINUX_MIN_RAM};
 use super::{ConfigError, RegionConfig, RegionSpec, format_size};
 
-/// Ordinary RAM the guest needs besides its CMA regions: 8 MiB plus 1/64 of memory (page
-/// metadata, page tables, the workload's manifest, and migration destinations).
-pub fn min_ordinary_ram(memory: u64) -> u64 {
-    (8 << 20) + memory / 64
+/// Ordinary RAM the guest needs besides its CMA regions: for the reference guest 8 MiB
+/// plus 1/64 of memory (page metadata, page tables, the workload's manifest, and migration
+/// destinations); for Linux, [`LINUX_MIN_RAM`] plus 1/64 of memory (its memmap).
+pub fn min_ordinary_ram(memory: u64, guest: GuestKind) -> u64 {
+    match guest {
+        GuestKind::Reference => (8 << 20) + memory / 64,
+        GuestKind::Linux => LINUX_MIN_RAM + memory / 64,
+    }
 }
 
 fn ram_description(memory: u64) -> String {
@@ -24,6 +29,7 @@ fn ram_description(memory: u64) -> String {
 pub fn place_regions(
     memory: u64,
     regions: &[RegionConfig],
+    guest: GuestKind,
 ) -> Result<Vec<RegionSpec>, ConfigError> {
     let mut placed: Vec<RegionSpec> = Vec::with_capacity(regions.len());
     for (id, r) in regions.iter().enumerate() {
@@ -37,7 +43,7 @@ pub fn place_regions(
     }
     for (id, r) in regions.iter().enumerate() {
         if r.base.is_none() {
-            let base = find_top_down(memory, r, &placed).ok_or_else(|| ConfigError::NoRoom {
+            let base = find_top_down(memory, r, &placed, guest).ok_or_else(|| ConfigError::NoRoom {
                 name: r.name.clone(),
                 size: format_size(r.size),
             })?;
@@ -45,7 +51,7 @@ pub fn place_regions(
         }
     }
     placed.sort_by_key(|p| p.id);
-    check_ordinary_ram(memory, &placed)?;
+    check_ordinary_ram(memory, &placed, guest)?;
     Ok(placed)
 }
 
@@ -89,8 +95,18 @@ fn check_fixed(memory: u64, r: &RegionConfig, base: u64) -> Result<(), ConfigErr
     Ok(())
 }
 
-fn find_top_down(memory: u64, r: &RegionConfig, placed: &[RegionSpec]) -> Option<u64> {
-    let align = r.align.unwrap_or(PAGEBLOCK_SIZE).max(PAGEBLOCK_SIZE);
+fn find_top_down(
+    memory: u64,
+    r: &RegionConfig,
+    placed: &[RegionSpec],
+    guest: GuestKind,
+) -> Option<u64> {
+    // A Linux guest hot-adds lent regions by memory block.
+    let unit = match guest {
+        GuestKind::Linux if !r.private => LINUX_MEMORY_BLOCK,
+        _ => PAGEBLOCK_SIZE,
+    };
+    let align = r.align.unwrap_or(unit).max(unit);
     for (start, end) in ram_ranges(memory).into_iter().rev() {
         let floor = start.max(BOOT_AREA_END);
         let mut top = end;
@@ -107,14 +123,22 @@ fn find_top_down(memory: u64, r: &RegionConfig, placed: &[RegionSpec]) -> Option
     None
 }
 
-fn check_ordinary_ram(memory: u64, placed: &[RegionSpec]) -> Result<(), ConfigError> {
+fn check_ordinary_ram(
+    memory: u64,
+    placed: &[RegionSpec],
+    guest: GuestKind,
+) -> Result<(), ConfigError> {
     let cma: u64 = placed.iter().map(|p| p.size).sum();
     let left = memory.saturating_sub(BOOT_AREA_END).saturating_sub(cma);
-    let needed = min_ordinary_ram(memory);
+    let needed = min_ordinary_ram(memory, guest);
     if left < needed {
         return Err(ConfigError::TooLittleRam {
             left: format_size(left),
             needed: format_size(needed),
+            rule: match guest {
+                GuestKind::Reference => "8M + memory/64",
+                GuestKind::Linux => "128M + memory/64 for a Linux guest",
+            },
         });
     }
     Ok(())

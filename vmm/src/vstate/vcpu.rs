@@ -22,6 +22,14 @@ use crate::arch;
 use crate::devices::bus::Bus;
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Local APIC registers (offsets in the KVM_GET_LAPIC page): LVT LINT0 and LINT1.
+const APIC_LVT_LINT0: usize = 0x350;
+const APIC_LVT_LINT1: usize = 0x360;
+/// LVT delivery modes (bits 8-10).
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
 /// Fast-string operations (`rep movs`), as firmware enables them.
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 
@@ -212,8 +220,14 @@ fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 }
 
 impl Vcpu {
-    /// Create vCPU `id` and put it in 64-bit mode at `entry`.
-    pub fn new(kvm: &Kvm, id: u8, entry: u64, ctx: VcpuContext) -> Result<Self, VmError> {
+    /// Create vCPU `id` and put it in 64-bit mode at `entry`. Secondary vCPUs wait for
+    /// their INIT/SIPI (the in-kernel local APIC holds them) and start where the guest says.
+    pub fn new(
+        kvm: &Kvm,
+        id: u8,
+        entry: &arch::BootEntry,
+        ctx: VcpuContext,
+    ) -> Result<Self, VmError> {
         install_kick_handler();
         let fd = ctx
             .vm
@@ -223,10 +237,19 @@ impl Vcpu {
         let mut cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         for e in cpuid.as_mut_slice() {
             match e.function {
-                // Initial APIC id in EBX[31:24].
-                1 => e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(id) << 24),
+                // Initial APIC id in EBX[31:24]; the hypervisor bit; the TSC-deadline timer,
+                // which KVM emulates but does not list as supported (Linux then needs no
+                // timer calibration).
+                1 => {
+                    e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(id) << 24);
+                    e.ecx |= CPUID_1_ECX_HYPERVISOR;
+                    if tsc_deadline {
+                        e.ecx |= CPUID_1_ECX_TSC_DEADLINE;
+                    }
+                }
                 0xb | 0x1f => e.edx = u32::from(id),
                 _ => {}
             }
@@ -247,6 +270,7 @@ impl Vcpu {
             .map_err(kvm_err("KVM_SET_SREGS"))?;
         fd.set_regs(&arch::boot_regs(entry))
             .map_err(kvm_err("KVM_SET_REGS"))?;
+        set_lint(&fd)?;
         fd.set_fpu(&arch::boot_fpu())
             .map_err(kvm_err("KVM_SET_FPU"))?;
         Ok(Vcpu {
@@ -378,6 +402,25 @@ impl VcpuIo {
             }
         }
     }
+}
+
+/// Wire LINT0 to ExtINT and LINT1 to NMI ("virtual wire" mode), as firmware leaves the
+/// local APIC for an operating system.
+fn set_lint(fd: &VcpuFd) -> Result<(), VmError> {
+    let mut lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+    let mut set_mode = |reg: usize, mode: u32| {
+        let mut raw = [0u8; 4];
+        for (i, b) in raw.iter_mut().enumerate() {
+            *b = lapic.regs[reg + i] as u8;
+        }
+        let v = (u32::from_le_bytes(raw) & !0x700) | (mode << 8);
+        for (i, b) in v.to_le_bytes().iter().enumerate() {
+            lapic.regs[reg + i] = *b as _;
+        }
+    };
+    set_mode(APIC_LVT_LINT0, APIC_MODE_EXTINT);
+    set_mode(APIC_LVT_LINT1, APIC_MODE_NMI);
+    fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))
 }
 
 fn diagnostic(fd: &VcpuFd, id: u8, what: &str) -> String {

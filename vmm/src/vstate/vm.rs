@@ -1,11 +1,14 @@
 //! The KVM VM: /dev/kvm checks, the in-kernel interrupt controller, memory slots, irqfd
-//! routes (MSI straight to the boot CPU's local APIC) and ioeventfd doorbells.
+//! routes (IOAPIC pins, or MSI straight to the boot CPU's local APIC) and ioeventfd
+//! doorbells.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvm_bindings::{
-    KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry, kvm_userspace_memory_region,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY, KvmIrqRouting, kvm_irq_routing_entry,
+    kvm_pit_config, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -18,8 +21,8 @@ use protocol::layout::{LAPIC_BASE, ram_ranges};
 /// Where KVM's TSS and identity-map pages go (needed on Intel; above RAM, below the APIC).
 const KVM_TSS_ADDR: usize = 0xfffb_d000;
 const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
-/// GSIs for MSI routes start above the IOAPIC's pins.
-const FIRST_MSI_GSI: u32 = 24;
+/// Pins of the in-kernel IOAPIC; GSIs for MSI routes start above them.
+const IOAPIC_PINS: u32 = 24;
 
 /// Errors of VM creation and control.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +114,47 @@ pub struct Vm {
     fd: VmFd,
     ram: Arc<GuestRam>,
     slots: Mutex<SlotTable>,
-    msi_routes: Mutex<Vec<kvm_irq_routing_entry>>,
+    routes: Mutex<Routes>,
+}
+
+/// The GSI routing table: KVM's default IRQCHIP routes (GSI n -> IOAPIC pin n, and the
+/// PICs for n < 16), then one MSI route per MSI irqfd. KVM_SET_GSI_ROUTING replaces the
+/// whole table, so the defaults are always sent along.
+struct Routes {
+    entries: Vec<kvm_irq_routing_entry>,
+    next_msi_gsi: u32,
+}
+
+impl Routes {
+    fn irqchip(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip.irqchip = chip;
+        e.u.irqchip.pin = pin;
+        e
+    }
+
+    fn new() -> Self {
+        let mut entries = Vec::new();
+        for gsi in 0..IOAPIC_PINS {
+            entries.push(Self::irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+            if gsi < 16 {
+                let pic = if gsi < 8 {
+                    KVM_IRQCHIP_PIC_MASTER
+                } else {
+                    KVM_IRQCHIP_PIC_SLAVE
+                };
+                entries.push(Self::irqchip(gsi, pic, gsi % 8));
+            }
+        }
+        Routes {
+            entries,
+            next_msi_gsi: IOAPIC_PINS,
+        }
+    }
 }
 
 impl std::fmt::Debug for Vm {
@@ -165,7 +208,7 @@ impl Vm {
             fd,
             ram,
             slots: Mutex::new(slots),
-            msi_routes: Mutex::new(Vec::new()),
+            routes: Mutex::new(Routes::new()),
         })
     }
 
@@ -226,8 +269,8 @@ impl Vm {
 
     /// Route a new GSI to `vector` on the boot CPU as an MSI and attach `irqfd` to it.
     pub fn add_msi_irqfd(&self, irqfd: &EventFd, vector: u8) -> Result<(), VmError> {
-        let mut routes = lock(&self.msi_routes);
-        let gsi = FIRST_MSI_GSI + routes.len() as u32;
+        let mut routes = lock(&self.routes);
+        let gsi = routes.next_msi_gsi;
         let mut entry = kvm_irq_routing_entry {
             gsi,
             type_: KVM_IRQ_ROUTING_MSI,
@@ -237,8 +280,9 @@ impl Vm {
         // the vector.
         entry.u.msi.address_lo = LAPIC_BASE as u32;
         entry.u.msi.data = u32::from(vector);
-        routes.push(entry);
-        let table = KvmIrqRouting::from_entries(&routes).map_err(|_| VmError::Kvm {
+        routes.entries.push(entry);
+        routes.next_msi_gsi += 1;
+        let table = KvmIrqRouting::from_entries(&routes.entries).map_err(|_| VmError::Kvm {
             op: "KVM_SET_GSI_ROUTING",
             source: kvm_ioctls::Error::new(libc::E2BIG),
         })?;
@@ -248,6 +292,32 @@ impl Vm {
         self.fd
             .register_irqfd(irqfd, gsi)
             .map_err(kvm_err("KVM_IRQFD"))
+    }
+
+    /// Attach `irqfd` to IOAPIC pin `gsi` (an edge-triggered legacy interrupt, as Linux
+    /// guests drive virtio-mmio devices and the serial port).
+    pub fn add_pin_irqfd(&self, irqfd: &EventFd, gsi: u32) -> Result<(), VmError> {
+        if gsi >= IOAPIC_PINS {
+            return Err(VmError::Kvm {
+                op: "KVM_IRQFD",
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            });
+        }
+        self.fd
+            .register_irqfd(irqfd, gsi)
+            .map_err(kvm_err("KVM_IRQFD"))
+    }
+
+    /// Create the in-kernel i8254 PIT (Linux guests expect one; its speaker port is a
+    /// dummy).
+    pub fn create_pit(&self) -> Result<(), VmError> {
+        let config = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd
+            .create_pit2(config)
+            .map_err(kvm_err("KVM_CREATE_PIT2"))
     }
 
     /// Signal `evt` (without an exit to the VMM) when the guest writes to `addr`.

@@ -26,6 +26,8 @@ pub struct PlatformState {
     pub exit_status: Option<u32>,
     /// Boot milestones `(code, CLOCK_MONOTONIC ns)` in the order reached.
     pub milestones: Vec<(u8, u64)>,
+    /// The guest powered the machine off or reset it (Linux guests).
+    pub power: Option<super::power::PowerEvent>,
 }
 
 /// Shared view of [`PlatformState`].

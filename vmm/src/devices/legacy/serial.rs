@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 
+use vmm_sys_util::eventfd::EventFd;
+
 use crate::devices::bus::BusDevice;
 use crate::vstate::vm::lock;
 
@@ -63,24 +65,28 @@ impl Write for Console {
     }
 }
 
-/// The serial port raises no interrupts: the guest polls, and transmission never blocks.
+/// The serial port's interrupt: an irqfd on IOAPIC pin 4 (Linux's 8250 driver needs the
+/// transmit-empty interrupt), or none (the reference guest polls and never enables it).
 #[derive(Debug)]
-pub struct NoIrq;
+pub struct SerialIrq(Option<EventFd>);
 
-impl Trigger for NoIrq {
-    type E = std::convert::Infallible;
+impl Trigger for SerialIrq {
+    type E = std::io::Error;
     fn trigger(&self) -> Result<(), Self::E> {
-        Ok(())
+        match &self.0 {
+            Some(evt) => evt.write(1),
+            None => Ok(()),
+        }
     }
 }
 
 /// COM1 on the port-I/O bus.
-pub struct SerialDevice(Serial<NoIrq, NoEvents, Console>);
+pub struct SerialDevice(Serial<SerialIrq, NoEvents, Console>);
 
 impl SerialDevice {
-    /// A serial port writing to `console`.
-    pub fn new(console: Console) -> Self {
-        SerialDevice(Serial::new(NoIrq, console))
+    /// A serial port writing to `console`, interrupting through `irq` if given.
+    pub fn new(console: Console, irq: Option<EventFd>) -> Self {
+        SerialDevice(Serial::new(SerialIrq(irq), console))
     }
 }
 

@@ -13,6 +13,8 @@
 
 use std::sync::Arc;
 
+use protocol::agent_config::{MAX_CONFIG_SIZE, encode_config};
+use protocol::boot::RegionDesc;
 use protocol::layout::PAGE_SIZE;
 use protocol::msg::{
     ACK_SIZE, Ack, GuestMsg, MAX_MIGRATE_PAIRS, MIGRATE_PAIR_SIZE, MSG_SIZE, MigratePair, Status,
@@ -38,6 +40,8 @@ pub type DeviceOwned = Arc<dyn Fn(u64, u64) -> bool + Send + Sync>;
 /// The device state, shared by the MMIO transport (vCPU threads) and the agent thread.
 pub struct AgentDevice {
     ram: Arc<GuestRam>,
+    /// The configuration space: the CMA regions ([`protocol::agent_config`]).
+    config: Vec<u8>,
     channel: Arc<ChannelShared>,
     device_owned: DeviceOwned,
     queues: Vec<Queue>,
@@ -65,8 +69,15 @@ impl VirtioDevice for AgentDevice {
         &[QUEUE_SIZE, QUEUE_SIZE]
     }
 
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = self.config.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
     }
 
     fn activate(&mut self, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), ActivateError> {
@@ -92,10 +103,19 @@ struct GuestChain {
 }
 
 impl AgentDevice {
-    /// A device talking through `channel`; `device_owned` guards Migrate destinations.
-    pub fn new(ram: Arc<GuestRam>, channel: Arc<ChannelShared>, device_owned: DeviceOwned) -> Self {
+    /// A device talking through `channel` that describes `regions` in its configuration
+    /// space; `device_owned` guards Migrate destinations.
+    pub fn new(
+        ram: Arc<GuestRam>,
+        regions: &[RegionDesc],
+        channel: Arc<ChannelShared>,
+        device_owned: DeviceOwned,
+    ) -> Self {
+        let mut config = [0u8; MAX_CONFIG_SIZE];
+        let len = encode_config(regions, &mut config);
         AgentDevice {
             ram,
+            config: config[..len].to_vec(),
             channel,
             device_owned,
             queues: Vec::new(),
