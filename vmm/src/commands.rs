@@ -185,6 +185,19 @@ fn print_layout(config: &ValidConfig) {
     for rule in &config.map {
         println!("cma-vmm:   map {rule}");
     }
+    if config.guest == crate::config::GuestKind::Linux {
+        let kernel = config.kernel.as_ref().map(|p| p.display().to_string());
+        let initrd = config.initrd.as_ref().map(|p| p.display().to_string());
+        println!(
+            "cma-vmm:   Linux guest {}, initrd {}",
+            kernel.unwrap_or_default(),
+            initrd.as_deref().unwrap_or("none")
+        );
+        println!(
+            "cma-vmm:   command line: {}",
+            crate::boot::linux::cmdline(config)
+        );
+    }
 }
 
 fn run_vm(args: &RunArgs) -> i32 {

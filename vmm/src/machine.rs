@@ -209,7 +209,14 @@ impl Vmm {
         ));
         let mut captures = Vec::new();
         for (i, name) in config.capture.iter().enumerate() {
-            captures.push(CaptureSetup::new(i, name, &vm, &grants, &mut mmio, irq(i + 1))?);
+            captures.push(CaptureSetup::new(
+                i,
+                name,
+                &vm,
+                &grants,
+                &mut mmio,
+                irq(i + 1),
+            )?);
         }
         let devices: Vec<BootDevice> = std::iter::once(agent.boot_device())
             .chain(captures.iter().map(CaptureSetup::boot_device))
@@ -512,7 +519,10 @@ fn legacy_devices(
     pio.insert(
         u64::from(SERIAL_PORT),
         8,
-        Arc::new(Mutex::new(SerialDevice::new(console.clone(), Some(serial_irq)))),
+        Arc::new(Mutex::new(SerialDevice::new(
+            console.clone(),
+            Some(serial_irq),
+        ))),
     )?;
     let exit = || exit_evt.try_clone().map_err(os_err("eventfd"));
     pio.insert(
@@ -525,11 +535,7 @@ fn legacy_devices(
         1,
         Arc::new(Mutex::new(AcpiSleep::new(platform.clone(), exit()?))),
     )?;
-    pio.insert(
-        u64::from(RTC_PORT),
-        2,
-        Arc::new(Mutex::new(Rtc::default())),
-    )?;
+    pio.insert(u64::from(RTC_PORT), 2, Arc::new(Mutex::new(Rtc::default())))?;
     let exit_port = ExitPort::new(
         platform.clone(),
         exit_evt.try_clone().map_err(os_err("eventfd"))?,
@@ -623,12 +629,7 @@ struct AgentSetup {
 impl AgentSetup {
     /// Create the agent device at the first virtio-mmio window: interrupts through an
     /// irqfd, QueueNotify through an ioeventfd; its config space lists the regions.
-    fn new(
-        vm: &Arc<Vm>,
-        cma: &Arc<Cma>,
-        mmio: &mut Bus,
-        irq: DeviceIrq,
-    ) -> Result<Self, VmmError> {
+    fn new(vm: &Arc<Vm>, cma: &Arc<Cma>, mmio: &mut Bus, irq: DeviceIrq) -> Result<Self, VmmError> {
         let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"));
         let kick = evt()?;
         let channel = AgentChannel::new(kick.try_clone().map_err(os_err("eventfd"))?);
@@ -640,14 +641,7 @@ impl AgentSetup {
             channel.shared().clone(),
             Arc::new(move |gpa, len| taken.is_taken(gpa, len)),
         )));
-        let notify = attach_virtio(
-            vm,
-            cma,
-            mmio,
-            device.clone(),
-            VIRTIO_MMIO_BASE,
-            irq,
-        )?;
+        let notify = attach_virtio(vm, cma, mmio, device.clone(), VIRTIO_MMIO_BASE, irq)?;
         Ok(AgentSetup {
             channel,
             device,

@@ -181,11 +181,7 @@ pub fn e820_map(config: &ValidConfig) -> Vec<E820Entry> {
 
 /// Where the initramfs goes: as high as possible in RAM below 3 GiB and the header's
 /// `initrd_addr_max`, clear of the compressed kernel and of where it decompresses.
-pub fn initrd_address(
-    map: &[E820Entry],
-    image: &LinuxImage,
-    size: u64,
-) -> Result<u64, BootError> {
+pub fn initrd_address(map: &[E820Entry], image: &LinuxImage, size: u64) -> Result<u64, BootError> {
     let header_max = u64::from(image.header.initrd_addr_max);
     let limit = INITRD_LIMIT.min(header_max.saturating_add(1).max(HIMEM_START));
     let decompressed_end = LOAD_PHYSICAL_ADDR + u64::from(image.header.init_size);
@@ -340,7 +336,10 @@ mod tests {
             map.iter()
                 .any(|e| !e.is_ram() && e.base == 256 << 20 && e.size == 128 << 20)
         );
-        assert!(!map.iter().any(|e| e.base < 768 << 20 && e.end() > 640 << 20));
+        assert!(
+            !map.iter()
+                .any(|e| e.base < 768 << 20 && e.end() > 640 << 20)
+        );
         assert_eq!(
             cmdline(&c),
             format!("{DEFAULT_CMDLINE} quiet"),

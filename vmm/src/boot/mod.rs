@@ -50,4 +50,3 @@ pub enum BootError {
     #[error("ACPI tables: {0}")]
     Acpi(String),
 }
-

@@ -42,20 +42,24 @@ const MIN_BOOT_PROTOCOL: u16 = 0x020c;
 
 /// Tell an image's kind from its first bytes.
 pub fn detect(path: &Path) -> Result<GuestKind, ConfigError> {
-    let bad = |reason: String| ConfigError::BadKernel {
-        path: path.display().to_string(),
+    let shown = path.display().to_string();
+    let unreadable = |reason: String| ConfigError::KernelOpen {
+        path: shown.clone(),
         reason,
     };
     // Only regular files: a FIFO or a device would block or never end.
-    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    let meta = std::fs::metadata(path).map_err(|e| unreadable(e.to_string()))?;
     if !meta.is_file() {
-        return Err(bad("not a regular file".into()));
+        return Err(unreadable("not a regular file".into()));
     }
     let mut head = Vec::with_capacity(0x240);
     std::fs::File::open(path)
         .and_then(|f| f.take(0x240).read_to_end(&mut head))
-        .map_err(|e| bad(e.to_string()))?;
-    kind_of(&head).map_err(bad)
+        .map_err(|e| unreadable(e.to_string()))?;
+    kind_of(&head).map_err(|reason| ConfigError::BadKernel {
+        path: shown.clone(),
+        reason,
+    })
 }
 
 /// The kind of an image whose first bytes are `head`.

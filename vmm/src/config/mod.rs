@@ -19,9 +19,9 @@ pub mod size;
 
 use std::path::PathBuf;
 
+pub use guest::GuestKind;
 use protocol::boot::{MAX_REGIONS, is_valid_name};
 use protocol::layout::{MAX_MEMORY, MIN_MEMORY, PAGE_SIZE};
-pub use guest::GuestKind;
 pub use size::{format_size, parse_addr, parse_size};
 
 /// The wildcard device pattern of a map rule.
@@ -242,8 +242,16 @@ pub enum ConfigError {
         /// The limit for the guest's kind.
         max: usize,
     },
-    /// A kernel image that cannot be booted.
-    #[error("cannot boot kernel {path}: {reason}")]
+    /// A kernel image that cannot be read.
+    #[error("cannot open guest image {path}: {reason}")]
+    KernelOpen {
+        /// The image.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A kernel image of no kind we boot.
+    #[error("malformed guest image {path}: {reason}")]
     BadKernel {
         /// The image.
         path: String,
@@ -438,7 +446,9 @@ impl VmConfig {
         let guest = self.check_images()?;
         let max_args = match guest {
             GuestKind::Reference => protocol::boot::MAX_CMDLINE,
-            GuestKind::Linux => guest::LINUX_MAX_CMDLINE - crate::boot::linux::DEFAULT_CMDLINE.len() - 1,
+            GuestKind::Linux => {
+                guest::LINUX_MAX_CMDLINE - crate::boot::linux::DEFAULT_CMDLINE.len() - 1
+            }
         };
         if self.guest_args.len() > max_args {
             return Err(ConfigError::GuestArgsTooLong {

@@ -43,10 +43,11 @@ pub fn place_regions(
     }
     for (id, r) in regions.iter().enumerate() {
         if r.base.is_none() {
-            let base = find_top_down(memory, r, &placed, guest).ok_or_else(|| ConfigError::NoRoom {
-                name: r.name.clone(),
-                size: format_size(r.size),
-            })?;
+            let base =
+                find_top_down(memory, r, &placed, guest).ok_or_else(|| ConfigError::NoRoom {
+                    name: r.name.clone(),
+                    size: format_size(r.size),
+                })?;
             placed.push(spec(id, r, base));
         }
     }

@@ -147,7 +147,9 @@ mod tests {
         // 2026-12-04 04:16:07 UTC, a Friday.
         let t = civil(1_796_357_767);
         assert_eq!(
-            (t.year, t.month, t.day, t.hour, t.minute, t.second, t.weekday),
+            (
+                t.year, t.month, t.day, t.hour, t.minute, t.second, t.weekday
+            ),
             (2026, 12, 4, 4, 16, 7, 6)
         );
         // 2024-02-29, a leap day.
