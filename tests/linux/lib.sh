@@ -269,10 +269,12 @@ l1_boot() {
 		# QEMU lists every EPYC feature TCG lacks, twice; harmless, and only in the log.
 		[[ $line == *"TCG doesn't support requested feature"* ]] && continue
 		printf '%s\n' "$line"
-		case $line in
-		*L1-PAYLOAD-START*) L1_T_PAYLOAD=$(now_us) ;;
-		L1-RESULT:*) L1_RESULT=${line#L1-RESULT: } ;;
-		esac
+		# The last L1-RESULT wins: the one /init prints just before powering off.
+		if [[ $line =~ L1-RESULT:\ ([0-9]+) ]]; then
+			L1_RESULT=${BASH_REMATCH[1]}
+		elif [[ -z $L1_T_PAYLOAD && $line == *L1-PAYLOAD-START* ]]; then
+			L1_T_PAYLOAD=$(now_us)
+		fi
 	done
 	if ((L1_TIMED_OUT)); then
 		warn "L1 still running at the deadline: killing QEMU (pid $qpid)"

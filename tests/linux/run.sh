@@ -316,7 +316,11 @@ log "booting L1 (deadline ${TIMEOUT}s): ${L1_QEMU[*]}"
 l1_boot "$LOG" "$DEADLINE"
 if [[ -n $L1_T_PAYLOAD ]]; then
 	phase_record "L1 boot to $MODE start" $((L1_T_PAYLOAD - L1_T_START))
-	phase_record "$MODE in L1 (to power-off)" $((L1_T_END - L1_T_PAYLOAD))
+	if ((L1_TIMED_OUT)); then
+		phase_record "$MODE in L1 (TIMED OUT)" $((L1_T_END - L1_T_PAYLOAD))
+	else
+		phase_record "$MODE in L1 (to power-off)" $((L1_T_END - L1_T_PAYLOAD))
+	fi
 else
 	phase_record "L1 (never reached the $MODE)" $((L1_T_END - L1_T_START))
 fi
