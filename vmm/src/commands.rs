@@ -160,6 +160,7 @@ fn options(args: &RunArgs) -> VmmOptions {
         echo_console: !args.quiet,
         policy: args.policy,
         prealloc: args.prealloc,
+        console_input: true,
     }
 }
 

@@ -31,7 +31,7 @@ use crate::devices::legacy::power::{
     ACPI_SLEEP_PORT, AcpiSleep, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, PowerEvent,
 };
 use crate::devices::legacy::rtc::{RTC_PORT, Rtc};
-use crate::devices::legacy::serial::{Console, SerialDevice};
+use crate::devices::legacy::serial::{Console, SerialDevice, forward_stdin};
 use crate::devices::virtio::agent::event_handler::AgentEventHandler;
 use crate::devices::virtio::agent::{AgentChannel, AgentDevice};
 use crate::devices::virtio::capture::event_handler::CaptureEventHandler;
@@ -91,6 +91,8 @@ pub struct VmmOptions {
     pub policy: GrantPolicy,
     /// Back all guest memory with host pages at start.
     pub prealloc: bool,
+    /// Forward the VMM's stdin to a Linux guest's serial console.
+    pub console_input: bool,
 }
 
 impl Default for VmmOptions {
@@ -100,6 +102,7 @@ impl Default for VmmOptions {
             echo_console: true,
             policy: GrantPolicy::default(),
             prealloc: false,
+            console_input: false,
         }
     }
 }
@@ -192,7 +195,11 @@ impl Vmm {
         let exit_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"))?;
         let console = Console::new(options.echo_console);
         let platform: SharedPlatform = Arc::new(Mutex::new(PlatformState::default()));
-        let pio = Arc::new(legacy_devices(&vm, &console, &platform, &exit_evt)?);
+        let (pio, serial) = legacy_devices(&vm, &console, &platform, &exit_evt)?;
+        let pio = Arc::new(pio);
+        if options.console_input && config.guest == GuestKind::Linux {
+            forward_stdin(serial).map_err(os_err("spawn stdin thread"))?;
+        }
         let mut mmio = Bus::default();
         let counters = Arc::new(ExitCounters::default());
         let control = Arc::new(VcpuControl::default());
@@ -511,19 +518,16 @@ fn legacy_devices(
     console: &Console,
     platform: &SharedPlatform,
     exit_evt: &EventFd,
-) -> Result<Bus, VmmError> {
+) -> Result<(Bus, Arc<Mutex<SerialDevice>>), VmmError> {
     let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("eventfd"));
     let serial_irq = evt()?;
     vm.add_pin_irqfd(&serial_irq, crate::arch::acpi::SERIAL_GSI)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        console.clone(),
+        Some(serial_irq),
+    )));
     let mut pio = Bus::default();
-    pio.insert(
-        u64::from(SERIAL_PORT),
-        8,
-        Arc::new(Mutex::new(SerialDevice::new(
-            console.clone(),
-            Some(serial_irq),
-        ))),
-    )?;
+    pio.insert(u64::from(SERIAL_PORT), 8, serial.clone())?;
     let exit = || exit_evt.try_clone().map_err(os_err("eventfd"));
     pio.insert(
         u64::from(I8042_DATA_PORT),
@@ -546,7 +550,7 @@ fn legacy_devices(
         1,
         Arc::new(Mutex::new(ProgressPort::new(platform.clone()))),
     )?;
-    Ok(pio)
+    Ok((pio, serial))
 }
 
 /// How a virtio device interrupts the guest.

@@ -90,6 +90,43 @@ impl SerialDevice {
     }
 }
 
+impl SerialDevice {
+    /// Queue `bytes` as received input (raising the data-ready interrupt); how many fit in
+    /// the receive FIFO.
+    pub fn receive(&mut self, bytes: &[u8]) -> usize {
+        let room = self.0.fifo_capacity().min(bytes.len());
+        self.0.enqueue_raw_bytes(&bytes[..room]).unwrap_or(0)
+    }
+}
+
+/// Feed the VMM's stdin to the serial port, on a thread of its own, until stdin ends. The
+/// terminal stays in its normal (line) mode: a line is sent when Enter is pressed, and
+/// Ctrl-C still reaches the VMM.
+pub fn forward_stdin(serial: Arc<Mutex<SerialDevice>>) -> std::io::Result<()> {
+    use std::io::Read;
+    std::thread::Builder::new()
+        .name("serial-stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                let mut pending = &buf[..n];
+                while !pending.is_empty() {
+                    let sent = lock(&serial).receive(pending);
+                    pending = &pending[sent..];
+                    if !pending.is_empty() {
+                        // The guest has not drained its FIFO yet.
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+}
+
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if let (Ok(off), [byte]) = (u8::try_from(offset), data) {
