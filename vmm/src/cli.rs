@@ -60,6 +60,8 @@ pub struct BenchArgs {
     pub runs: u32,
     /// Where to write the JSON report.
     pub json: Option<PathBuf>,
+    /// `bench linux`: QEMU and the initramfs of its virtio-mem guest.
+    pub qemu: Option<(PathBuf, PathBuf)>,
     /// The VM to boot.
     pub run: RunArgs,
 }
@@ -72,6 +74,11 @@ usage:
   cma-vmm run [options]           boot the guest with CMA regions
   cma-vmm bench boot [--runs N] [--json PATH] [run options]
   cma-vmm bench evict|latency|memory|all [--runs N] [--json PATH]
+  cma-vmm bench linux --kernel BZIMAGE --initrd FILE [--runs N] [--json PATH]
+                      [--qemu QEMU --qemu-initrd FILE]
+                                  populated memory taken back from a Linux guest: our
+                                  device vs its own alloc_contig_range (vs virtio-mem
+                                  unplug under QEMU); needs a KVM where Linux boots
   cma-vmm soak [--cycles N] [--seed S] [--json PATH]
   cma-vmm ctl --api-sock PATH [--timeout SECS] COMMAND
                                   call a running VMM's control API (commands below)
@@ -194,6 +201,7 @@ pub fn parse(argv: Vec<String>) -> Result<Command, CliError> {
                 Some("evict") => BenchKind::Evict,
                 Some("latency") => BenchKind::Latency,
                 Some("memory") => BenchKind::Memory,
+                Some("linux") => BenchKind::Linux,
                 Some("all") => BenchKind::All,
                 Some(other) => return Err(CliError::UnknownCommand(format!("bench {other}"))),
                 None => return Err(CliError::MissingValue("bench".into())),
@@ -216,6 +224,9 @@ pub enum BenchKind {
     Latency,
     /// Guest metadata per lent GiB, VMM memory per region.
     Memory,
+    /// Populated memory taken back from a Linux guest: ours, alloc_contig_range,
+    /// virtio-mem (needs a KVM on which Linux boots).
+    Linux,
     /// All of the above.
     All,
 }
@@ -263,6 +274,7 @@ fn parse_soak(args: &mut Args) -> Result<Command, CliError> {
 fn parse_bench(kind: BenchKind, args: &mut Args) -> Result<Command, CliError> {
     let mut runs = 10;
     let mut json = None;
+    let (mut qemu, mut qemu_initrd) = (None, None);
     let run = parse_run(args, &mut |flag, args| match flag {
         "--runs" => {
             let value = args.value(flag)?;
@@ -281,9 +293,31 @@ fn parse_bench(kind: BenchKind, args: &mut Args) -> Result<Command, CliError> {
             json = Some(PathBuf::from(args.value(flag)?));
             Ok(true)
         }
+        "--qemu" if kind == BenchKind::Linux => {
+            qemu = Some(PathBuf::from(args.value(flag)?));
+            Ok(true)
+        }
+        "--qemu-initrd" if kind == BenchKind::Linux => {
+            qemu_initrd = Some(PathBuf::from(args.value(flag)?));
+            Ok(true)
+        }
         _ => Ok(false),
     })?;
-    Ok(Command::Bench(kind, BenchArgs { runs, json, run }))
+    let qemu = match (qemu, qemu_initrd) {
+        (Some(q), Some(i)) => Some((q, i)),
+        (None, None) => None,
+        (Some(_), None) => return Err(CliError::MissingValue("--qemu-initrd".into())),
+        (None, Some(_)) => return Err(CliError::MissingValue("--qemu".into())),
+    };
+    Ok(Command::Bench(
+        kind,
+        BenchArgs {
+            runs,
+            json,
+            qemu,
+            run,
+        },
+    ))
 }
 
 /// Milliseconds, 1 to 1 hour.

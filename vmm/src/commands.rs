@@ -62,7 +62,7 @@ fn bench(kind: BenchKind, args: &BenchArgs) -> i32 {
     type Job<'a> = Box<
         dyn Fn(usize) -> Result<(serde_json::Value, Vec<crate::bench::svg::Chart>), String> + 'a,
     >;
-    let jobs: [(BenchKind, &str, Job); 4] = [
+    let jobs: [(BenchKind, &str, Job); 5] = [
         (
             BenchKind::Boot,
             "boot",
@@ -83,9 +83,16 @@ fn bench(kind: BenchKind, args: &BenchArgs) -> i32 {
             "memory",
             Box::new(|_| crate::bench::memory::run()),
         ),
+        (
+            BenchKind::Linux,
+            "linux",
+            Box::new(|runs| crate::bench::linux::run(&args.run, runs, args.qemu.as_ref())),
+        ),
     ];
     for (k, name, job) in jobs {
-        if kind != k && kind != BenchKind::All {
+        // `all` is what runs on any KVM; the Linux benchmark needs one where Linux boots.
+        let wanted = kind == k || (kind == BenchKind::All && k != BenchKind::Linux);
+        if !wanted {
             continue;
         }
         match job(runs).and_then(|(json, charts)| {

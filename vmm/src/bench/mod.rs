@@ -7,6 +7,8 @@
 //! - [`latency`]: allocation latency and VM exits per allocation, 4 KiB to 64 MiB, empty
 //!   and populated ranges;
 //! - [`memory`]: guest metadata per lent GiB, VMM memory per region;
+//! - [`linux`]: taking populated memory back from a stock Linux guest: our device against
+//!   the guest kernel's own `alloc_contig_range()` and virtio-mem unplug;
 //! - [`svg`]: the charts.
 //!
 //! Absolute guest timings on a nested KVM that emulates guest instructions are reported as
@@ -15,6 +17,7 @@
 pub mod boot;
 pub mod evict;
 pub mod latency;
+pub mod linux;
 pub mod memory;
 pub mod svg;
 

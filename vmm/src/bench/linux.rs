@@ -1,0 +1,502 @@
+//! `cma-vmm bench linux`: taking populated memory back from a stock Linux guest, three
+//! ways, with the same guest kernel and in the same run:
+//!
+//! 1. **ours**: an exclusive allocation of a populated 4 MiB / 64 MiB range of a lent
+//!    region, end to end (bits marked → Evict → the guest's agent module runs
+//!    `alloc_contig_range()` → Done → KVM slot removed → granted);
+//! 2. **Linux's own**: `alloc_contig_range()` on a same-sized populated ZONE_MOVABLE range
+//!    of another lent region, timed inside the guest by the agent module (its `bench`
+//!    knob), with no VMM involved;
+//! 3. **virtio-mem** (with `--qemu`): the same kernel under QEMU with a virtio-mem device
+//!    whose memory the guest has populated; unplugging the same amount of memory, from the
+//!    `requested-size` change until the device reports the new `size`.
+//!
+//! It needs a KVM on which Linux boots (here: inside L1, `tests/linux/run.sh --bench`):
+//! absolute times are emulated-SVM wall times; the ratios are the result.
+//!
+//! The guest side is the L2 init of `guest-linux/` in `cmatest.mode=bench` (it fills the
+//! lent memory, runs the in-guest samples, prints `cma-bench: contig ...` lines, then
+//! reports lent memory populated) or `cmatest.mode=virtio-mem` (it fills the virtio-mem
+//! memory and prints `cma-bench: populated`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use protocol::layout::{PAGE_SIZE, PROGRESS_POPULATED};
+use serde_json::json;
+
+use super::svg::{Chart, Series};
+use super::{Stats, ms};
+use crate::cli::RunArgs;
+use crate::cma::AllocRequest;
+use crate::config::{RegionConfig, VmConfig, format_size};
+use crate::grant::{GrantMode, GrantPolicy, Target};
+use crate::machine::{RunOutcome, Vmm, VmmOptions};
+
+/// Range sizes measured.
+pub const SIZES: [u64; 2] = [4 << 20, 64 << 20];
+/// Each lent region: one for our device's samples, one for the in-guest samples.
+const REGION_SIZE: u64 = 512 << 20;
+/// Guest memory: the two lent regions and 1 GiB of ordinary RAM to migrate into.
+const MEMORY: u64 = 2 << 30;
+/// How much the guest writes to tmpfs: nearly all of the lent memory.
+const FILL: u64 = 960 << 20;
+/// Most samples per size: every sample takes a fresh populated range of the 512 MiB
+/// regions (4 MiB and 64 MiB ranges, one after the other).
+pub const MAX_RUNS: usize = 7;
+/// The QMP port of the virtio-mem guest (on loopback).
+const QMP_PORT: u16 = 4445;
+
+/// One sample: how long taking `size` bytes back took, and how much of it was in use.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Sample {
+    size: u64,
+    ms: f64,
+    /// Pages that held data and had to move (for virtio-mem: not known, 0).
+    pages_migrated: u64,
+}
+
+/// The three series, by size.
+#[derive(Debug, Default)]
+struct Results {
+    ours: Vec<Sample>,
+    contig: Vec<Sample>,
+    virtio_mem: Vec<Sample>,
+}
+
+fn of_size(samples: &[Sample], size: u64) -> Vec<f64> {
+    samples
+        .iter()
+        .filter(|s| s.size == size)
+        .map(|s| s.ms)
+        .collect()
+}
+
+fn populated(samples: &[Sample], size: u64) -> Stats {
+    let v: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.size == size)
+        .map(|s| (s.pages_migrated * PAGE_SIZE) as f64 / size as f64)
+        .collect();
+    Stats::of(&v)
+}
+
+/// Parse `cma-bench: contig size=S ns=N ret=R in_use=P migrated=M` lines of the console.
+fn contig_samples(console: &str) -> Result<Vec<Sample>, String> {
+    let mut out = Vec::new();
+    for line in console.lines() {
+        let Some(rest) = line.trim().strip_prefix("cma-bench: contig ") else {
+            continue;
+        };
+        let field = |key: &str| -> Option<i64> {
+            rest.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+        };
+        let (Some(size), Some(ns), Some(ret)) = (field("size"), field("ns"), field("ret")) else {
+            return Err(format!("malformed guest bench line: {line}"));
+        };
+        if ret != 0 {
+            return Err(format!(
+                "the guest's alloc_contig_range failed ({ret}): {line}"
+            ));
+        }
+        out.push(Sample {
+            size: size as u64,
+            ms: ns as f64 / 1e6,
+            pages_migrated: field("migrated").unwrap_or(0).max(0) as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// Our device and the in-guest alloc_contig_range, in one cma-vmm guest.
+fn ours_and_contig(run: &RunArgs, runs: usize, r: &mut Results) -> Result<(), String> {
+    let sizes: Vec<String> = SIZES.iter().map(|s| s.to_string()).collect();
+    let mut config = VmConfig {
+        memory: MEMORY,
+        vcpus: 2,
+        kernel: run.config.kernel.clone(),
+        initrd: run.config.initrd.clone(),
+        guest_args: format!(
+            "cmatest.mode=bench cmatest.fill={FILL} cmatest.bench=guest cmatest.bench_sizes={} cmatest.bench_runs={runs} {}",
+            sizes.join(","),
+            run.config.guest_args
+        ),
+        regions: vec![
+            RegionConfig::new("host", REGION_SIZE),
+            RegionConfig::new("guest", REGION_SIZE),
+        ],
+        ..VmConfig::default()
+    };
+    config.map = Vec::new();
+    let config = config.validate().map_err(|e| e.to_string())?;
+    let options = VmmOptions {
+        kvm_path: run.kvm_path.clone(),
+        echo_console: !run.quiet,
+        policy: GrantPolicy {
+            evict_timeout: Duration::from_secs(120),
+            return_timeout: Duration::from_secs(120),
+            ..GrantPolicy::default()
+        },
+        ..VmmOptions::default()
+    };
+    let vm = Vmm::new(config, &options)
+        .and_then(Vmm::start)
+        .map_err(|e| e.to_string())?;
+    if !vm.wait_milestone(PROGRESS_POPULATED, Duration::from_secs(900)) {
+        let why = format!(
+            "the Linux guest did not report its lent memory populated: {:?}",
+            vm.outcome()
+        );
+        vm.shutdown();
+        return Err(why);
+    }
+    r.contig = contig_samples(&vm.console().text())?;
+    let g = vm.grants();
+    for size in SIZES {
+        let mut live = Vec::new();
+        for _ in 0..runs {
+            let (grant, report) = g
+                .alloc(
+                    &Target::Regions("host".into()),
+                    &AllocRequest::new(size).aligned(size, 0),
+                    GrantMode::Exclusive,
+                )
+                .map_err(|e| format!("{}: {e}", format_size(size)))?;
+            r.ours.push(Sample {
+                size,
+                ms: ms(report.elapsed),
+                pages_migrated: report.pages_migrated,
+            });
+            live.push(grant);
+        }
+        for grant in live {
+            g.free(grant.id()).map_err(|e| e.to_string())?;
+        }
+    }
+    let _ = g.agent().shutdown_guest();
+    match vm.wait(Some(Duration::from_secs(300))).outcome {
+        RunOutcome::Exited(0) | RunOutcome::PoweredOff => Ok(()),
+        other => Err(format!("the Linux guest ended badly: {other:?}")),
+    }
+}
+
+/// A QMP connection to QEMU on loopback.
+struct Qmp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Qmp {
+    fn connect(port: u16, deadline: Instant) -> Result<Self, String> {
+        let stream = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => return Err(format!("QMP: {e}")),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let mut qmp = Qmp {
+            reader: BufReader::new(stream),
+            writer,
+        };
+        qmp.read_reply()?; // the greeting
+        qmp.execute(json!({"execute": "qmp_capabilities"}))?;
+        Ok(qmp)
+    }
+
+    fn read_reply(&mut self) -> Result<serde_json::Value, String> {
+        loop {
+            let mut line = String::new();
+            if self
+                .reader
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Err("QMP connection closed".into());
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+            // Asynchronous events interleave with replies.
+            if v.get("event").is_none() {
+                return Ok(v);
+            }
+        }
+    }
+
+    fn execute(&mut self, cmd: serde_json::Value) -> Result<serde_json::Value, String> {
+        writeln!(self.writer, "{cmd}").map_err(|e| e.to_string())?;
+        let reply = self.read_reply()?;
+        match reply.get("return") {
+            Some(v) => Ok(v.clone()),
+            None => Err(format!("QMP {cmd}: {reply}")),
+        }
+    }
+
+    fn size(&mut self) -> Result<u64, String> {
+        self.execute(json!({"execute": "qom-get",
+            "arguments": {"path": "/machine/peripheral/vmem0", "property": "size"}}))?
+            .as_u64()
+            .ok_or_else(|| "virtio-mem size is not a number".into())
+    }
+
+    fn request(&mut self, size: u64) -> Result<(), String> {
+        self.execute(json!({"execute": "qom-set",
+            "arguments": {"path": "/machine/peripheral/vmem0", "property": "requested-size",
+                          "value": size}}))
+            .map(|_| ())
+    }
+}
+
+/// Kill QEMU when the measurement ends, however it ends.
+struct QemuGuard(Child);
+
+impl Drop for QemuGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// virtio-mem unplug of populated memory, the same kernel under QEMU.
+fn virtio_mem(
+    qemu: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    runs: usize,
+    echo: bool,
+    r: &mut Results,
+) -> Result<(), String> {
+    let plugged = REGION_SIZE;
+    let bios_dir = ["/usr/share/seabios", "/usr/share/qemu"]
+        .into_iter()
+        .find(|d| Path::new(d).join("bios-256k.bin").exists())
+        .unwrap_or("/usr/share/qemu");
+    let append = format!(
+        "console=ttyS0 reboot=k panic=-1 memhp_default_state=online_movable cmatest.mode=virtio-mem cmatest.fill={}",
+        plugged - (32 << 20)
+    );
+    let child = Command::new(qemu)
+        .args([
+            "-enable-kvm",
+            "-cpu",
+            "host",
+            "-smp",
+            "2",
+            "-m",
+            "1G,maxmem=2G",
+        ])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
+        .args(["-net", "none", "-L", bios_dir])
+        .arg("-object")
+        .arg(format!("memory-backend-ram,id=vmem-mem,size={plugged}"))
+        .arg("-device")
+        .arg(format!(
+            "virtio-mem-pci,id=vmem0,memdev=vmem-mem,requested-size={plugged}"
+        ))
+        .arg("-qmp")
+        .arg(format!("tcp:127.0.0.1:{QMP_PORT},server=on,wait=off"))
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(&append)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", qemu.display()))?;
+    let mut guard = QemuGuard(child);
+    let stdout = guard.0.stdout.take().ok_or("no QEMU stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout);
+        let mut line = Vec::new();
+        while lines.read_until(b'\n', &mut line).map_or(0, |n| n) > 0 {
+            let text = String::from_utf8_lossy(&line).into_owned();
+            if echo {
+                print!("virtio-mem guest: {text}");
+            }
+            if tx.send(text).is_err() {
+                return;
+            }
+            line.clear();
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains("cma-bench: populated") => break,
+            Ok(l) if l.contains("cma-bench: error") => return Err(l.trim().to_string()),
+            Ok(_) => {}
+            Err(_) => return Err("the virtio-mem guest did not populate its memory".into()),
+        }
+    }
+    let mut qmp = Qmp::connect(QMP_PORT, deadline)?;
+    let mut requested = qmp.size()?;
+    if requested != plugged {
+        return Err(format!(
+            "virtio-mem plugged {requested} bytes, expected {plugged}"
+        ));
+    }
+    for size in SIZES {
+        for _ in 0..runs {
+            requested -= size;
+            let t = Instant::now();
+            qmp.request(requested)?;
+            while qmp.size()? > requested {
+                if t.elapsed() > Duration::from_secs(120) {
+                    return Err(format!(
+                        "virtio-mem did not unplug {} in 120 s",
+                        format_size(size)
+                    ));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            r.virtio_mem.push(Sample {
+                size,
+                ms: ms(t.elapsed()),
+                pages_migrated: 0,
+            });
+        }
+    }
+    drop(qmp);
+    drop(guard);
+    Ok(())
+}
+
+fn summary(name: &str, samples: &[Sample], size: u64) -> serde_json::Value {
+    json!({
+        "series": name,
+        "size": size,
+        "ms_emulated": Stats::of(&of_size(samples, size)),
+        "fraction_populated": populated(samples, size),
+        "samples": samples.iter().filter(|s| s.size == size).collect::<Vec<_>>(),
+    })
+}
+
+/// Run the benchmark: our device and the guest's alloc_contig_range in one guest, then
+/// virtio-mem under `qemu` if given. The JSON report and a chart.
+pub fn run(
+    run: &RunArgs,
+    runs: usize,
+    qemu: Option<&(PathBuf, PathBuf)>,
+) -> Result<(serde_json::Value, Vec<Chart>), String> {
+    let runs = runs.min(MAX_RUNS);
+    let kernel = run.config.kernel.clone().ok_or(
+        "bench linux needs --kernel BZIMAGE and --initrd FILE (the guest-linux initramfs)",
+    )?;
+    if run.config.initrd.is_none() {
+        return Err("bench linux needs --initrd FILE (the guest-linux initramfs)".into());
+    }
+    let mut r = Results::default();
+    ours_and_contig(run, runs, &mut r)?;
+    if let Some((qemu, initrd)) = qemu {
+        virtio_mem(qemu, &kernel, initrd, runs, !run.quiet, &mut r)?;
+    }
+    println!("taking back populated guest memory (emulated-SVM wall time, median / p99 ms):");
+    let mut rows = Vec::new();
+    for size in SIZES {
+        let ours = Stats::of(&of_size(&r.ours, size));
+        let contig = Stats::of(&of_size(&r.contig, size));
+        let vmem = Stats::of(&of_size(&r.virtio_mem, size));
+        let ratio = |other: &Stats| ours.median / other.median;
+        println!(
+            "  {:>4}  ours {:>8.1} / {:>8.1}   guest alloc_contig_range {:>8.1} / {:>8.1}   virtio-mem unplug {:>8.1} / {:>8.1}",
+            format_size(size),
+            ours.median,
+            ours.p99,
+            contig.median,
+            contig.p99,
+            vmem.median,
+            vmem.p99
+        );
+        println!(
+            "        ours / alloc_contig_range = {:.2}x{}   (populated: ours {:.0}%, in-guest {:.0}%)",
+            ratio(&contig),
+            if r.virtio_mem.is_empty() {
+                String::new()
+            } else {
+                format!("   ours / virtio-mem = {:.2}x", ratio(&vmem))
+            },
+            populated(&r.ours, size).median * 100.0,
+            populated(&r.contig, size).median * 100.0,
+        );
+        rows.push(json!({
+            "size": size,
+            "ours_over_alloc_contig_range": ratio(&contig),
+            "ours_over_virtio_mem": if r.virtio_mem.is_empty() { None } else { Some(ratio(&vmem)) },
+            "series": [
+                summary("ours", &r.ours, size),
+                summary("alloc_contig_range", &r.contig, size),
+                summary("virtio_mem_unplug", &r.virtio_mem, size),
+            ],
+        }));
+    }
+    let bars = |name: &str, samples: &[Sample]| Series {
+        name: name.into(),
+        points: SIZES
+            .iter()
+            .map(|&s| (s as f64, Stats::of(&of_size(samples, s)).median))
+            .collect(),
+    };
+    let mut series = vec![
+        bars("ours (device, end to end)", &r.ours),
+        bars("guest alloc_contig_range", &r.contig),
+    ];
+    if !r.virtio_mem.is_empty() {
+        series.push(bars("virtio-mem unplug", &r.virtio_mem));
+    }
+    let chart = Chart {
+        title: "Taking back populated memory from a Linux guest (emulated SVM), median".into(),
+        x_label: "range size (bytes, log)".into(),
+        y_label: "ms (log)".into(),
+        log_x: true,
+        log_y: true,
+        series,
+    };
+    let report = json!({
+        "benchmark": "linux",
+        "note": "wall times under emulated SVM (QEMU TCG L1, KVM L2): labelled emulated, not hardware figures; compare the ratios",
+        "runs_per_size": runs,
+        "guest_memory": MEMORY,
+        "fill": FILL,
+        "sizes": rows,
+        "virtio_mem_measured": !r.virtio_mem.is_empty(),
+    });
+    Ok((report, vec![chart]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_lines_parse_and_failures_are_errors() {
+        let console = "noise\ncma-bench: contig size=4194304 ns=25000000 ret=0 in_use=1000 migrated=1010\n\
+                       cma-bench: contig size=67108864 ns=569000000 ret=0 in_use=16000 migrated=16384\n";
+        let s = contig_samples(console).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].size, 4 << 20);
+        assert!((s[1].ms - 569.0).abs() < 1e-9);
+        assert_eq!(s[1].pages_migrated, 16384);
+        assert!((populated(&s, 64 << 20).median - 1.0).abs() < 1e-9);
+        assert!(contig_samples("cma-bench: contig size=4194304 ns=5 ret=-16").is_err());
+        assert!(contig_samples("cma-bench: contig size=x").is_err());
+    }
+}
