@@ -603,8 +603,8 @@ void cma_evict(struct cma_agent *a, u64 req, u64 gpa, u64 len, union cma_wire_ms
 		atomic64_add(nr, &r->held_pages);
 		atomic64_inc(&a->stats.evict_ok);
 		cma_answer_evicted(ans, req, CMA_STATUS_DONE, 0, migrated);
-		dev_dbg(dev, "evict %llu [%#llx +%#llx]: done, %llu pages migrated, %llu ns\n",
-			req, gpa, len, migrated, ns);
+		dev_info(dev, "evict %llu [%#llx +%#llx]: done: %llu pages migrated, alloc_contig_range() %llu ns\n",
+			 req, gpa, len, migrated, ns);
 		h = NULL;
 		break;
 	case -EBUSY: {
