@@ -51,9 +51,13 @@ struct cma_region {
 	u32 flags;
 	char name[CMA_RECORD_NAME_SIZE];
 	enum cma_region_state state;
-	char why[160];
+	char why[256];
 	/* We added it (or adopted it, already there and movable) and it is still there. */
 	bool added;
+	/* add_memory_driver_managed() is running: the notifier vets the zone of each block. */
+	bool adding;
+	/* The zone the kernel tried to online a block into, when it was not ZONE_MOVABLE. */
+	const char *vetoed_zone;
 	/* Our own offline_and_remove_memory() is running: the notifier lets it through. */
 	bool offlining;
 	/* Pages held for the VMM, pages pinned by the test knob (read by the notifier). */
@@ -146,6 +150,11 @@ struct cma_agent {
 	unsigned long *vm_events;	/* all_vm_events() scratch, under op_lock */
 	struct notifier_block memory_nb;
 	bool notifier_registered;
+	/*
+	 * The name of our "System RAM (cma_agent)" resources. The resource tree keeps the
+	 * pointer, so it must outlive the module whenever a region stays added after unbind.
+	 */
+	char *resource_name;
 	struct cma_bench_result bench;	/* under op_lock */
 
 	struct cma_stats stats;

@@ -238,7 +238,9 @@ static void cma_region_add(struct cma_agent *a, struct cma_region *r)
 	}
 
 	nid = memory_add_physaddr_to_nid(r->base);
-	rc = add_memory_driver_managed(nid, r->base, r->size, CMA_RESOURCE_NAME, MHP_NONE);
+	WRITE_ONCE(r->adding, true);
+	rc = add_memory_driver_managed(nid, r->base, r->size, a->resource_name, MHP_NONE);
+	WRITE_ONCE(r->adding, false);
 	if (rc == -EEXIST) {
 		/* Still there from an earlier binding that could not remove it: adopt it if movable. */
 		cma_census(r, &c);
@@ -264,19 +266,25 @@ static void cma_region_add(struct cma_agent *a, struct cma_region *r)
 
 	/*
 	 * The kernel's auto-online policy chose the zone (memhp_default_state, or
-	 * memory_hotplug.online_policy). Linux 6.1 gives a module no way to choose it:
-	 * online_pages(), device_online() and the memory block's online_type are not exported,
-	 * only the sysfs file a user writes. Take the memory back out rather than serve
-	 * evictions from a zone where unmovable kernel allocations may land.
+	 * memory_hotplug.online_policy), and it was not ZONE_MOVABLE, or the policy leaves
+	 * new memory offline. Linux 6.1 gives a module no way to choose the zone:
+	 * online_pages(), device_online() and the memory block's online type are not
+	 * exported, only the sysfs file a user writes. Our notifier refused to online the
+	 * blocks in another zone (once there, unmovable kernel allocations would land in them
+	 * at once and pin them), so they are offline and come out again cleanly.
 	 */
-	r->offlining = true;
+	WRITE_ONCE(r->offlining, true);
 	rc = offline_and_remove_memory(r->base, r->size);
-	r->offlining = false;
+	WRITE_ONCE(r->offlining, false);
 	if (!rc)
 		r->added = false;
-	cma_refuse(a, r, "%lu pages came up in zone %s and %lu offline, not in ZONE_MOVABLE; boot the guest with memhp_default_state=online_movable on the kernel command line (%s)",
-		   c.other, c.other_zone ? c.other_zone : "-", c.offline,
-		   rc ? "could not remove it again" : "removed again");
+	if (r->vetoed_zone)
+		cma_refuse(a, r, "the kernel onlines hot-added memory in zone %s, not ZONE_MOVABLE (refused); boot the guest with memhp_default_state=online_movable (%s)",
+			   r->vetoed_zone, rc ? "could not remove it" : "removed");
+	else
+		cma_refuse(a, r, "%lu pages offline and %lu online in zone %s, not ZONE_MOVABLE; boot the guest with memhp_default_state=online_movable (%s)",
+			   c.offline, c.other, c.other_zone ? c.other_zone : "-",
+			   rc ? "could not remove it" : "removed");
 }
 
 void cma_regions_add(struct cma_agent *a)
@@ -300,20 +308,32 @@ static int cma_memory_notify(struct notifier_block *nb, unsigned long action, vo
 	u64 start, end;
 	unsigned int i;
 
-	if (action != MEM_GOING_OFFLINE)
+	if (action != MEM_GOING_OFFLINE && action != MEM_GOING_ONLINE)
 		return NOTIFY_OK;
 	start = PFN_PHYS(mn->start_pfn);
 	end = PFN_PHYS(mn->start_pfn + mn->nr_pages);
 	for (i = 0; i < a->nr_regions; i++) {
 		struct cma_region *r = &a->regions[i];
 
+		if (!(start < r->base + r->size && r->base < end))
+			continue;
+		if (action == MEM_GOING_ONLINE) {
+			/*
+			 * online_pages() has already tied the pages to their zone: refuse any
+			 * zone but ZONE_MOVABLE while we add the region.
+			 */
+			struct zone *zone = page_zone(pfn_to_page(mn->start_pfn));
+
+			if (!READ_ONCE(r->adding) || zone_idx(zone) == ZONE_MOVABLE)
+				continue;
+			r->vetoed_zone = zone->name;
+			return notifier_from_errno(-EINVAL);
+		}
 		if (cma_state(r) != CMA_REGION_MOVABLE || READ_ONCE(r->offlining))
 			continue;
-		if (start < r->base + r->size && r->base < end) {
-			pr_warn_ratelimited(CMA_AGENT_NAME ": refusing to offline [%#llx-%#llx]: lent region '%s' is served by the cma-vmm agent (unbind the driver first)\n",
-					    start, end - 1, r->name);
-			return notifier_from_errno(-EBUSY);
-		}
+		pr_warn_ratelimited(CMA_AGENT_NAME ": refusing to offline [%#llx-%#llx]: lent region '%s' is served by the cma-vmm agent (unbind the driver first)\n",
+				    start, end - 1, r->name);
+		return notifier_from_errno(-EBUSY);
 	}
 	return NOTIFY_OK;
 }
@@ -326,17 +346,24 @@ int cma_memory_init(struct cma_agent *a)
 	INIT_LIST_HEAD(&a->held);
 	INIT_LIST_HEAD(&a->pins);
 	a->vm_events = kcalloc(NR_VM_EVENT_ITEMS, sizeof(*a->vm_events), GFP_KERNEL);
-	if (!a->vm_events)
-		return -ENOMEM;
+	/* Not kstrdup_const(): a literal of ours would go away with the module. */
+	a->resource_name = kstrdup(CMA_RESOURCE_NAME, GFP_KERNEL);
+	if (!a->vm_events || !a->resource_name) {
+		err = -ENOMEM;
+		goto fail;
+	}
 	a->memory_nb.notifier_call = cma_memory_notify;
 	err = register_memory_notifier(&a->memory_nb);
-	if (err) {
-		kfree(a->vm_events);
-		a->vm_events = NULL;
-		return err;
-	}
+	if (err)
+		goto fail;
 	a->notifier_registered = true;
 	return 0;
+fail:
+	kfree(a->vm_events);
+	a->vm_events = NULL;
+	kfree(a->resource_name);
+	a->resource_name = NULL;
+	return err;
 }
 
 /* ---- helpers over page ranges ----------------------------------------------------- */
@@ -949,6 +976,7 @@ void cma_memory_teardown(struct cma_agent *a)
 {
 	struct device *dev = &a->vdev->dev;
 	struct cma_held *h, *tmp;
+	bool still_added = false;
 	unsigned int i;
 	int rc;
 
@@ -962,6 +990,7 @@ void cma_memory_teardown(struct cma_agent *a)
 		if (held) {
 			dev_warn(dev, "region '%s': %llu pages are still the device's: left allocated, the region stays online\n",
 				 r->name, held);
+			still_added = true;
 			continue;
 		}
 		WRITE_ONCE(r->offlining, true);
@@ -970,6 +999,7 @@ void cma_memory_teardown(struct cma_agent *a)
 		if (rc) {
 			dev_warn(dev, "region '%s': offline_and_remove_memory() = %d: it stays online\n",
 				 r->name, rc);
+			still_added = true;
 			continue;
 		}
 		r->added = false;
@@ -986,4 +1016,8 @@ void cma_memory_teardown(struct cma_agent *a)
 	a->notifier_registered = false;
 	kfree(a->vm_events);
 	a->vm_events = NULL;
+	/* A resource still in the tree names itself with this string: leak it then. */
+	if (!still_added)
+		kfree(a->resource_name);
+	a->resource_name = NULL;
 }
