@@ -25,6 +25,10 @@
 #                        that size, aligned to it, one after the other from the start of
 #                        REGION; one line each:
 #                          cma-bench: contig size=S ns=N ret=R in_use=P migrated=M
+#   cmatest.warm=1       after the fill, touch every free page once (a tmpfs file of
+#                        nearly all free memory, then deleted), so that pages migrations
+#                        later land in are already backed by the host and mapped by the
+#                        hypervisor: timings then compare the work, not first touches
 #   cmatest.timeout=SECS how long to wait for the agent's regions (default 60)
 #
 # Exit statuses (through /sys/kernel/cma_agent/exit, or /dev/port before the agent is up):
@@ -93,6 +97,7 @@ PINS=
 BENCH=
 BENCH_SIZES=
 BENCH_RUNS=1
+WARM=0
 TIMEOUT=60
 for word in $(cat /proc/cmdline); do
 	case $word in
@@ -106,6 +111,8 @@ for word in $(cat /proc/cmdline); do
 	cmatest.bench_sizes=*) BENCH_SIZES=${word#*=} ;;
 	cmatest.bench_runs=*) BENCH_RUNS=${word#*=}
 		case $BENCH_RUNS in *[!0-9]* | "") fail 10 "bad $word" ;; esac ;;
+	cmatest.warm=*) WARM=${word#*=}
+		case $WARM in 0 | 1) ;; *) fail 10 "bad $word (0 or 1)" ;; esac ;;
 	cmatest.timeout=*) TIMEOUT=${word#*=}
 		case $TIMEOUT in *[!0-9]* | "") fail 10 "bad $word" ;; esac ;;
 	cmatest.*) fail 10 "unknown parameter $word" ;;
@@ -234,6 +241,19 @@ for pin in $(echo "$PINS" | tr , ' '); do
 	echo "$region $offset" >$CMA/pin || fail 15 "pin $pin failed"
 done
 [ -n "$PINS" ] && say "pinned: $(tr '\n' ' ' <$CMA/pinned)"
+
+if [ "$WARM" = 1 ]; then
+	# Leave 48M free: the kernel must not reclaim or OOM while we hold the rest.
+	warm=$(($(awk '/^MemFree:/ { print $2 }' /proc/meminfo) / 1024 - 48))
+	if [ $warm -gt 0 ]; then
+		mkdir -p /warm
+		mount -t tmpfs -o size=${warm}m tmpfs /warm &&
+			dd if=/dev/zero of=/warm/w bs=1M count=$warm 2>/dev/null
+		rm -f /warm/w
+		umount /warm
+		say "warmed ${warm}M of free memory (every free page touched once)"
+	fi
+fi
 
 if [ -n "$BENCH" ]; then
 	[ -n "$BENCH_SIZES" ] || fail 10 "cmatest.bench needs cmatest.bench_sizes"

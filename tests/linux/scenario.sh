@@ -6,8 +6,9 @@
 # tmpfs files, pins one page of region b, times Linux's own alloc_contig_range() on a few
 # ranges of b, and reports "populated". Then, through `cma-vmm ctl`:
 #
-#   1. timing: exclusive allocations of 64K, 1M, 4M, 16M, 64M in region a at the same
-#      offsets the guest benchmarked in b (device end to end vs in-guest)
+#   1. timing: populated ranges of a taken through the device, shared grants (64K to
+#      16M) then exclusive ones (64K to 64M), against the guest's own alloc_contig_range()
+#      on same-sized populated ranges of b
 #   2. the busy case: 64M in b whose first candidate covers the pinned page; the
 #      region's busy-retry counter must go up and the chunk land past the pinned page
 #   3. mixed allocations, 64K to 32M, aligned or not, exclusive and shared, by region and
@@ -40,7 +41,12 @@ SOCK=$SCRATCH/api.sock
 LOG=$SCRATCH/vmm.log
 OUT=$SCRATCH/ctl.json
 PIN_OFFSET=0x2000000
+# The sizes timed; the guest benchmarks them in b at offsets 0, 1M, 4M, 16M, 64M (each
+# aligned to its size); the device takes shared grants of the first four at the same
+# offsets of a, and exclusive grants of all five at the offsets below (all populated).
 BENCH_SIZES="64K 1M 4M 16M 64M"
+SHARED_SIZES="64K 1M 4M 16M"
+EXCLUSIVE_OFFSETS="0x2000000 0x2100000 0x2400000 0x3000000 0x4000000"
 MIB=1048576
 
 ALLOCS=0
@@ -134,11 +140,12 @@ alloc() {
 	say "alloc $name ($*): $id [$(hex "$gpa") +$(hex "$len")] in $region, $mode, $migrated pages migrated, $(ms "$ns") ms"
 
 	# What we asked for is what we got.
-	want_size='' want_align='' want_mode=exclusive want_region=''
+	want_size='' want_align='' want_offset=0 want_mode=exclusive want_region=''
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--size) want_size=$(to_bytes "$2") ;;
 		--align) want_align=$(to_bytes "$2") ;;
+		--offset) want_offset=$(($2)) ;;
 		--mode) want_mode=$2 ;;
 		--regions) want_region=$2 ;;
 		--device) [ "$2" = cam ] && want_region=a || want_region=b ;;
@@ -146,8 +153,8 @@ alloc() {
 		[ "$1" = --unpinned ] && shift || shift 2
 	done
 	[ "$len" = "$want_size" ] || check_failed "$name: length $len, asked $want_size"
-	[ -z "$want_align" ] || [ $((gpa % want_align)) -eq 0 ] ||
-		check_failed "$name: $(hex "$gpa") is not aligned to $want_align"
+	[ -z "$want_align" ] || [ $((gpa % want_align)) -eq "$want_offset" ] ||
+		check_failed "$name: $(hex "$gpa") is not at $want_offset past a multiple of $want_align"
 	case ",$want_region," in *",$region,"*) ;; *) check_failed "$name: landed in $region, expected $want_region" ;; esac
 	[ "$mode" = "$want_mode" ] || check_failed "$name: mode $mode, asked $want_mode"
 	eval "base=\$BASE_$region size=\$SIZE_$region"
@@ -199,7 +206,7 @@ check_region() {
 
 # ---------------------------------------------------------------- boot
 
-CMDLINE="cmatest.fill=240M cmatest.pin=b:$PIN_OFFSET cmatest.bench=b cmatest.bench_sizes=$(echo $BENCH_SIZES | tr ' ' ,) cmatest.bench_runs=1"
+CMDLINE="cmatest.fill=240M cmatest.warm=1 cmatest.pin=b:$PIN_OFFSET cmatest.bench=b cmatest.bench_sizes=$(echo $BENCH_SIZES | tr ' ' ,) cmatest.bench_runs=1"
 rm -f "$SOCK"
 say "booting L2: $(basename "$L2_KERNEL"), 768M, regions a and b of 128M lent; $CMDLINE"
 T0=$(cut -d' ' -f1 /proc/uptime)
@@ -224,31 +231,53 @@ say "region a [$(hex "$BASE_a") +$(hex "$SIZE_a")], b [$(hex "$BASE_b") +$(hex "
 
 # ---------------------------------------------------------------- 1. timing
 
-say "1. timing: exclusive allocations in a, at the offsets the guest benchmarked in b"
+# Populated ranges of a, timed end to end through the device: first shared grants (the
+# guest keeps access: no KVM slot change), then exclusive ones (the range leaves the
+# guest's address space), against Linux's own alloc_contig_range() the guest timed on
+# same-sized populated ranges of b before reporting "populated".
+say "1. timing: populated ranges of a, shared then exclusive, against the guest's own alloc_contig_range on b"
+i=0
+for s in $SHARED_SIZES; do
+	i=$((i + 1))
+	alloc s$i --regions a --size "$s" --align "$s" --mode shared
+done
 i=0
 for s in $BENCH_SIZES; do
 	i=$((i + 1))
-	alloc t$i --regions a --size "$s" --align "$s" --mode exclusive
+	set -- $EXCLUSIVE_OFFSETS
+	shift $((i - 1))
+	alloc x$i --regions a --size "$s" --align 128M --offset "$1" --mode exclusive
 done
 check_region a
-say "   size   device end to end (exclusive) [of which the guest's Evict]     guest alloc_contig_range on b"
+
+# guest_evict_ns NAME: the agent's own alloc_contig_range() time for that chunk's Evict.
+guest_evict_ns() {
+	eval "g=\${GPA_$1:-0} l=\${LEN_$1:-0}"
+	grep "evict [0-9]* \[$(hex "$g") +$(hex "$l")\]: done" "$LOG" | tail -n 1 |
+		sed -n 's/.*alloc_contig_range() \([0-9]*\) ns.*/\1/p'
+}
+say "   end to end through the device, ms [of which the guest's alloc_contig_range]; pages migrated"
+say "   size       shared grant              exclusive grant           guest alloc_contig_range (no device)"
 i=0
 for s in $BENCH_SIZES; do
 	i=$((i + 1))
 	bytes=$(to_bytes "$s")
-	eval "ns=\${NS_t$i:-0} mig=\${MIG_t$i:-0} gpa=\${GPA_t$i:-0}"
-	# The agent logs each eviction's own alloc_contig_range() time.
-	ens=$(grep "evict [0-9]* \[$(hex "$gpa") +$(hex "$bytes")\]: done" "$LOG" | tail -n 1 |
-		sed -n 's/.*alloc_contig_range() \([0-9]*\) ns.*/\1/p')
+	shared="-"
+	case " $SHARED_SIZES " in *" $s "*)
+		eval "ns=\${NS_s$i:-0} mig=\${MIG_s$i:-0}"
+		shared="$(ms "$ns") [$(ms "$(guest_evict_ns s$i)")] $mig" ;;
+	esac
+	eval "ns=\${NS_x$i:-0} mig=\${MIG_x$i:-0}"
+	exclusive="$(ms "$ns") [$(ms "$(guest_evict_ns x$i)")] $mig"
 	line=$(grep "cma-bench: contig size=$bytes " "$LOG" | head -n 1)
 	gns=$(echo "$line" | sed -n 's/.* ns=\([0-9]*\).*/\1/p')
 	guse=$(echo "$line" | sed -n 's/.* in_use=\([0-9]*\).*/\1/p')
 	gret=$(echo "$line" | sed -n 's/.* ret=\([-0-9]*\).*/\1/p')
 	[ "$gret" = 0 ] || check_failed "the guest's alloc_contig_range of $s returned '$gret'"
-	printf 'scenario:   %4s   %9s ms (%5s pages migrated) [%9s ms]     %9s ms (%5s pages in use)\n' \
-		"$s" "$(ms "$ns")" "$mig" "$(ms "${ens:-0}")" "$(ms "${gns:-0}")" "${guse:-?}"
+	printf 'scenario:   %4s   %-24s  %-24s  %s [%s pages in use]\n' "$s" "$shared" "$exclusive" \
+		"$(ms "${gns:-0}")" "${guse:-?}"
 done
-for n in t1 t2 t3 t4 t5; do release $n; done
+for n in $LIVE; do release "$n"; done
 check_region a
 
 # ---------------------------------------------------------------- 2. busy
