@@ -95,6 +95,7 @@ struct Options {
     rewrite: u32,
     check: u32,
     pin: u32,
+    pin_churn: u32,
     target: u32,
     seed: u64,
     capture: CaptureOptions,
@@ -113,6 +114,7 @@ impl Options {
             rewrite: n("workload.rewrite", 4) as u32,
             check: n("workload.check", 4) as u32,
             pin: n("workload.pin", 0) as u32,
+            pin_churn: n("workload.pin_churn", 0) as u32,
             target: (n("workload.target", u64::from(pages)) as u32).min(pages),
             seed: n("workload.seed", 0x5eed),
             capture: CaptureOptions {
@@ -250,6 +252,12 @@ pub fn run(
                 agent.workload.rewrite(hw, opts.rewrite);
                 if let Err(e) = agent.workload.check(hw, opts.check) {
                     fail_check(e);
+                }
+                // Pins move around lent memory, as I/O comes and goes: evictions meet
+                // pinned pages at places the VMM cannot predict.
+                if opts.pin_churn > 0 {
+                    agent.workload.unpin(mm, hw, opts.pin_churn);
+                    agent.workload.pin_elsewhere(mm, hw, opts.pin_churn);
                 }
             }
         }

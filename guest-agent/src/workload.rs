@@ -305,6 +305,14 @@ impl Workload {
         done
     }
 
+    /// Pin up to `count` pages far from the last pins (the cursor jumps about a thirteenth
+    /// of the workload first), so that pins spread over all of lent memory.
+    pub fn pin_elsewhere<H: PhysMem>(&mut self, mm: &mut Mm, hw: &mut H, count: u32) -> u32 {
+        let capacity = self.capacity().max(1);
+        self.pin_cursor = (self.pin_cursor + capacity / 13 + 1) % capacity;
+        self.pin(mm, hw, count)
+    }
+
     /// Unpin up to `count` pinned pages. Returns the number unpinned.
     pub fn unpin<H: PhysMem>(&mut self, mm: &mut Mm, hw: &mut H, count: u32) -> u32 {
         let mut cursor = self.unpin_cursor;

@@ -1,6 +1,6 @@
 //! A short soak (the long one is `cma-vmm soak --cycles 10000`): random alloc, free, pin,
-//! unpin and compact with the workload running and the capture driver streaming, every
-//! guest page verified after every cycle.
+//! unpin and compact with the workload running, pinning and unpinning its own pages, and
+//! the capture driver streaming, every guest page verified after every cycle.
 
 use cma_tests::require_kvm;
 
@@ -16,5 +16,9 @@ fn short_soak_keeps_every_page_and_ends_with_empty_bitmaps() {
     assert!(
         report.capture_frames > 0,
         "the capture driver streamed meanwhile"
+    );
+    assert!(
+        report.busy_retries > 0,
+        "evictions met the guest's pinned pages: {report:#?}"
     );
 }

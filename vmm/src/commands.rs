@@ -114,11 +114,12 @@ fn soak(args: &SoakArgs) -> i32 {
     println!("soak: {} cycles, seed {:#x}", args.cycles, args.seed);
     let mut progress = |r: &crate::soak::SoakReport| {
         println!(
-            "soak: {} cycles: {} allocs ({} no space, {} busy), {} frees, {} pins/unpins, {} compactions ({} chunks moved), {} pages verified, {} integrity errors",
+            "soak: {} cycles: {} allocs ({} no space, {} every candidate busy; {} busy retries), {} frees, {} pins/unpins, {} compactions ({} chunks moved), {} pages verified, {} integrity errors",
             r.cycles,
             r.allocs,
             r.allocs_no_space,
             r.allocs_busy,
+            r.busy_retries,
             r.frees,
             r.pins,
             r.compactions,

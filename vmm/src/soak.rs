@@ -1,7 +1,8 @@
 //! `cma-vmm soak --cycles N`: random allocations, frees, pins, unpins and compactions while
-//! the guest's workload runs and its capture driver starts and stops streaming on its own;
-//! every guest page is verified from the host after every cycle, and at the end every
-//! chunk is freed and the bitmaps must be empty.
+//! the guest's workload runs, pins and unpins its own pages (so that evictions meet busy
+//! pages and the busy-retry path is soaked too) and its capture driver starts and stops
+//! streaming; every guest page is verified from the host after every cycle, and at the end
+//! every chunk is freed and the bitmaps must be empty.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,8 @@ pub struct SoakReport {
     pub allocs_no_space: u64,
     /// Allocations refused because every candidate was busy.
     pub allocs_busy: u64,
+    /// Candidates the guest answered Busy (a pinned page), after which the search went on.
+    pub busy_retries: u64,
     /// Chunks freed.
     pub frees: u64,
     /// Pins and unpins.
@@ -82,8 +85,10 @@ fn boot() -> Result<RunningVmm, String> {
             .collect::<Result<_, _>>()?,
         map: parse_map_rules("capture0=b;*=a").map_err(|e| e.to_string())?,
         capture: vec!["capture0".into()],
-        guest_args: "tick_ms=10 capture.frames=5 capture.cycles=100000000 capture.width=640 \
-                     capture.height=480 capture.buffers=3"
+        // The guest keeps 24 pages pinned, moving 2 of them every tick.
+        guest_args: "tick_ms=10 workload.pin=24 workload.pin_churn=2 capture.frames=5 \
+                     capture.cycles=100000000 capture.width=640 capture.height=480 \
+                     capture.buffers=3"
             .into(),
         ..VmConfig::default()
     }
@@ -182,6 +187,7 @@ pub fn run(
         }
         check(&vm, &mut r, cycle);
         r.cycles = cycle + 1;
+        r.busy_retries = g.cma().stats().iter().map(|s| s.busy_retries).sum();
         if r.cycles % 1000 == 0 {
             progress(&r);
         }
