@@ -15,6 +15,7 @@
  *   op_lock      every operation on guest memory: Evict, Return, Cancel, Query's scan,
  *                pin/unpin, bench; the request worker is an ordered workqueue, and the
  *                sysfs knobs take the same mutex, so they are serialised with it
+ *   kobj_lock    the sysfs directory's lifetime against the worker's notifications
  */
 #ifndef CMA_AGENT_H
 #define CMA_AGENT_H
@@ -158,7 +159,7 @@ struct cma_agent {
 	struct cma_bench_result bench;	/* under op_lock */
 
 	struct cma_stats stats;
-	spinlock_t kobj_lock;		/* a->kobj against the worker's sysfs_notify() */
+	struct mutex kobj_lock;		/* a->kobj against the worker's sysfs_notify() */
 	struct kobject *kobj;
 };
 

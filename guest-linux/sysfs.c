@@ -257,7 +257,7 @@ int cma_sysfs_init(struct cma_agent *a)
 
 	for (i = 0; i < ARRAY_SIZE(cma_attrs); i++)
 		cma_attr_list[i] = &cma_attrs[i].attr;
-	spin_lock_init(&a->kobj_lock);
+	mutex_init(&a->kobj_lock);
 	cma_sysfs_agent = a;
 	kobj = kobject_create_and_add(CMA_AGENT_NAME, kernel_kobj);
 	if (!kobj) {
@@ -279,10 +279,10 @@ void cma_sysfs_exit(struct cma_agent *a)
 	struct kobject *kobj;
 
 	/* The worker may be notifying `shutdown` right now: it uses kobj under the lock. */
-	spin_lock_irq(&a->kobj_lock);
+	mutex_lock(&a->kobj_lock);
 	kobj = a->kobj;
 	a->kobj = NULL;
-	spin_unlock_irq(&a->kobj_lock);
+	mutex_unlock(&a->kobj_lock);
 	if (!kobj)
 		return;
 	sysfs_remove_group(kobj, &cma_group);
@@ -290,12 +290,11 @@ void cma_sysfs_exit(struct cma_agent *a)
 	cma_sysfs_agent = NULL;
 }
 
+/* From the request worker (sysfs_notify() may sleep). */
 void cma_sysfs_notify_shutdown(struct cma_agent *a)
 {
-	unsigned long flags;
-
-	spin_lock_irqsave(&a->kobj_lock, flags);
+	mutex_lock(&a->kobj_lock);
 	if (a->kobj)
 		sysfs_notify(a->kobj, NULL, "shutdown");
-	spin_unlock_irqrestore(&a->kobj_lock, flags);
+	mutex_unlock(&a->kobj_lock);
 }
