@@ -42,13 +42,26 @@ hostname l1
 # shellcheck source=/dev/null # written by run.sh: L1_PAYLOAD, and the payload's variables
 . /etc/l1.conf || fail "no /etc/l1.conf"
 
-echo "L1: up after $(cut -d' ' -f1 /proc/uptime) s of L1 time; $(grep MemTotal /proc/meminfo)"
+L1_UP=$(cut -d' ' -f1 /proc/uptime)
+echo "L1: up after $L1_UP s of L1 time; $(grep MemTotal /proc/meminfo)"
 while read -r mod; do
 	insmod "$mod" || fail "insmod $mod failed"
 done </etc/l1-modules
 # kvm creates /dev/kvm through devtmpfs; it is a character device when KVM works.
 [ -c /dev/kvm ] || fail "no /dev/kvm after loading $(tr '\n' ' ' </etc/l1-modules)(is SVM emulated? dmesg: $(dmesg | grep -iE 'kvm|svm' | tail -n 3))"
 echo "L1: /dev/kvm is ready ($(dmesg | grep -iE 'nested (virtualization|paging)' | sed 's/^\[[^]]*\] //' | tr '\n' ';'))"
+
+# Shortly before the host's deadline kills QEMU, say what L1 was doing: a hung payload
+# otherwise leaves nothing to go on.
+if [ "${L1_WATCHDOG_SECS:-0}" -gt 0 ] && [ "$L1_PAYLOAD" != shell ]; then
+	(
+		sleep "$((L1_WATCHDOG_SECS - ${L1_UP%%.*}))"
+		echo "L1: WATCHDOG: still running at ${L1_WATCHDOG_SECS}s of L1 time; the host's deadline is near"
+		ps -o pid,ppid,stat,time,args 2>/dev/null || ps
+		grep -E 'MemFree|MemAvailable' /proc/meminfo
+		dmesg | tail -n 30
+	) &
+fi
 
 case $L1_PAYLOAD in
 shell)
@@ -59,7 +72,9 @@ shell)
 *)
 	echo "L1-PAYLOAD-START: $L1_PAYLOAD"
 	cd /scratch || fail "no /scratch"
-	"$L1_PAYLOAD"
+	# No input, as in CI: the console is L1's serial port, and a VMM that forwards its
+	# stdin to its guest must not read it.
+	"$L1_PAYLOAD" </dev/null
 	status=$?
 	echo "L1: $L1_PAYLOAD exited with status $status after $(cut -d' ' -f1 /proc/uptime) s of L1 time"
 	finish "$status"

@@ -227,7 +227,7 @@ l1_qemu_cmd() {
 	local kernel=$1 initrd=$2 append=$3
 	# shellcheck disable=SC2054 # the commas belong to QEMU's option syntax
 	L1_QEMU=(qemu-system-x86_64
-		-accel tcg,thread=multi -cpu EPYC,+svm,+npt -smp "$L1_CPUS" -m "$L1_MEM"
+		-accel "$L1_ACCEL" -cpu "$L1_CPU" -smp "$L1_CPUS" -m "$L1_MEM"
 		-kernel "$kernel" -initrd "$initrd" -append "$append"
 		-nodefaults -display none -net none -no-reboot)
 	# Debian's QEMU finds SeaBIOS by itself; say where it is anyway (linux-guest.md).
