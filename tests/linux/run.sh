@@ -131,7 +131,8 @@ phase_begin "install"
 packages=(qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static cpio)
 # The agent module is built against linux-headers-amd64, which does not pull make in.
 [[ $MODE == scenario ]] && packages+=(make gcc)
-[[ $MODE == suite ]] && ! command -v python3 >/dev/null && packages+=(python3)
+# --suite: python3 reads cargo's JSON messages; strip (binutils) slims the test executables.
+[[ $MODE == suite ]] && packages+=(binutils) && ! command -v python3 >/dev/null && packages+=(python3)
 ensure_packages "${packages[@]}"
 command -v cargo >/dev/null || die "cargo is missing: install Rust (stable) first"
 [[ -n $KVER ]] || KVER=$(pick_kver)
