@@ -24,7 +24,8 @@
 #
 # Environment (from run.sh): CMA_VMM, L2_KERNEL, L2_INITRD, SCRATCH (or SCRATCH_DIR).
 
-set -u
+# shellcheck disable=SC2154 # NAME_x variables are set through eval
+# No `set -u`/`set -e`: whatever fails, the script must reach its summary line.
 
 SCRATCH=${SCRATCH:-${SCRATCH_DIR:-}}
 for v in CMA_VMM L2_KERNEL L2_INITRD SCRATCH; do
@@ -115,8 +116,18 @@ abort() {
 
 # region_field REGION KEY
 region_field() {
-	ctl regions "$1" >"$OUT.r" 2>&1 || { check_failed "ctl regions $1: $(head -c 300 "$OUT.r")"; echo 0; return; }
+	# (Runs in a command substitution: no abort from here; the caller's checks fail.)
+	ctl regions "$1" >"$OUT.r" 2>&1 || { echo "?"; return; }
 	jget "$2" "$OUT.r"
+}
+
+# After a failed request: if the VMM is gone, nothing more can be checked.
+vmm_alive() {
+	kill -0 "$VMM_PID" 2>/dev/null && return 0
+	wait "$VMM_PID"
+	st=$?
+	VMM_PID=
+	abort "the VMM exited (status $st) in the middle of the scenario"
 }
 
 # alloc NAME ctl-alloc-arguments...: allocate, check, remember as NAME.
@@ -125,6 +136,7 @@ alloc() {
 	shift
 	if ! ctl alloc "$@" >"$OUT" 2>&1; then
 		check_failed "alloc $name ($*): $(tr -d '\n' <"$OUT" | head -c 300)"
+		vmm_alive
 		return 1
 	fi
 	ALLOCS=$((ALLOCS + 1))
@@ -157,7 +169,7 @@ alloc() {
 		check_failed "$name: $(hex "$gpa") is not at $want_offset past a multiple of $want_align"
 	case ",$want_region," in *",$region,"*) ;; *) check_failed "$name: landed in $region, expected $want_region" ;; esac
 	[ "$mode" = "$want_mode" ] || check_failed "$name: mode $mode, asked $want_mode"
-	eval "base=\$BASE_$region size=\$SIZE_$region"
+	eval "base=\${BASE_$region:-0} size=\${SIZE_$region:-0}"
 	[ "$gpa" -ge "$base" ] && [ $((gpa + len)) -le $((base + size)) ] ||
 		check_failed "$name: [$(hex "$gpa") +$(hex "$len")] outside region $region"
 	# The chunk is listed, in its mode.
@@ -170,12 +182,14 @@ alloc() {
 
 # release NAME: free the chunk.
 release() {
-	eval "id=\$ID_$1"
+	eval "id=\${ID_$1:-}"
+	[ -n "$id" ] || { check_failed "free $1: no such chunk"; return; }
 	if ctl free "$id" >"$OUT" 2>&1; then
 		FREES=$((FREES + 1))
 		say "free $1 ($id)"
 	else
 		check_failed "free $1 ($id): $(tr -d '\n' <"$OUT" | head -c 300)"
+		vmm_alive
 	fi
 	rest=""
 	for n in $LIVE; do [ "$n" = "$1" ] || rest="$rest $n"; done
@@ -185,7 +199,7 @@ release() {
 
 # check_region R: the region's statistics agree with the chunks we hold there.
 check_region() {
-	ctl regions "$1" >"$OUT.r" 2>&1 || { check_failed "ctl regions $1"; return; }
+	ctl regions "$1" >"$OUT.r" 2>&1 || { check_failed "ctl regions $1"; vmm_alive; return; }
 	used=$(jget used "$OUT.r")
 	free_b=$(jget free "$OUT.r")
 	largest=$(jget largest_free "$OUT.r")
@@ -284,6 +298,7 @@ check_region a
 
 say "2. busy: 64M in b, whose first candidate covers the pinned page $PINNED"
 retries0=$(region_field b busy_retries)
+vmm_alive
 if alloc busy --regions b --size 64M --mode exclusive; then
 	retries1=$(region_field b busy_retries)
 	say "   busy retries in b: $retries0 -> $retries1; chunk at $(hex "$GPA_busy")"
