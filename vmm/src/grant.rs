@@ -161,13 +161,19 @@ impl Grant {
     }
 
     /// Write `data` at byte `offset` of the chunk (host side, at host speed).
+    ///
+    /// The chunk cannot move or be given back to the guest while the write runs: the
+    /// address is looked up and written under the manager's access lock (see
+    /// [`GrantManager`]).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), GrantError> {
+        let _access = self.manager.access.read().unwrap_or_else(|p| p.into_inner());
         let gpa = self.inside(offset, data.len())?;
         Ok(self.manager.vm.ram().write(gpa, data)?)
     }
 
-    /// Read the chunk at byte `offset` into `buf`.
+    /// Read the chunk at byte `offset` into `buf` (under the access lock, as [`Grant::write`]).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), GrantError> {
+        let _access = self.manager.access.read().unwrap_or_else(|p| p.into_inner());
         let gpa = self.inside(offset, buf.len())?;
         Ok(self.manager.vm.ram().read(gpa, buf)?)
     }
@@ -193,9 +199,18 @@ impl Grant {
 }
 
 /// The allocation state machine.
+///
+/// Device models read and write their chunks through [`Grant`]s while other threads free
+/// or compact them. The access lock keeps the two apart: a grant access holds it shared
+/// from the address lookup to the end of the copy; a move holds it exclusively from the
+/// copy until the chunk's new address is recorded, and a free takes it once after the
+/// chunk stopped being resolvable and before its range goes back to the guest. So no
+/// device write lands in a range the guest has been given back, and none is lost in a
+/// move.
 pub struct GrantManager {
     cma: Arc<Cma>,
     vm: Arc<Vm>,
+    access: std::sync::RwLock<()>,
     agent: AgentChannel,
     policy: Mutex<GrantPolicy>,
     modes: Mutex<HashMap<ChunkId, GrantMode>>,
@@ -224,6 +239,7 @@ impl GrantManager {
         GrantManager {
             cma,
             vm,
+            access: std::sync::RwLock::new(()),
             agent,
             policy: Mutex::new(policy),
             modes: Mutex::new(HashMap::new()),
@@ -404,6 +420,8 @@ impl GrantManager {
             .copied()
             .unwrap_or(GrantMode::Exclusive);
         let mut release = |region: &RegionSpec, gpa: u64, len: u64| {
+            // The chunk no longer resolves: wait for accesses that looked it up before.
+            drop(self.access.write().unwrap_or_else(|p| p.into_inner()));
             self.release(region, gpa, len, mode);
         };
         self.cma.free(id, &mut release)?;
@@ -419,7 +437,10 @@ impl GrantManager {
 
     /// Move unpinned chunks of `region` to raise its largest free run.
     pub fn compact(&self, region: u32) -> Result<crate::cma::CompactReport, GrantError> {
-        let mut mover = GrantMover { manager: self };
+        let mut mover = GrantMover {
+            manager: self,
+            moving: None,
+        };
         Ok(self.cma.compact(region, &mut mover)?)
     }
 }
@@ -428,6 +449,9 @@ impl GrantManager {
 /// chunk) before the copy; the old range is scrubbed and returned after it.
 struct GrantMover<'m> {
     manager: &'m GrantManager,
+    /// The access lock, held from a copy until the move is recorded (or abandoned): grant
+    /// accesses wait, then find the chunk at its new address.
+    moving: Option<std::sync::RwLockWriteGuard<'m, ()>>,
 }
 
 impl GrantMover<'_> {
@@ -456,6 +480,10 @@ impl Mover for GrantMover<'_> {
                 .with_vcpus_paused(|vm| vm.revoke(to, len))
                 .map_err(|e| format!("cannot revoke the destination: {e}"))?;
         }
+        // Only now, with the vCPUs running again: a vCPU may be waiting on a device whose
+        // thread waits for this lock, and pausing it would never finish.
+        let access = &self.manager.access;
+        self.moving = Some(access.write().unwrap_or_else(|p| p.into_inner()));
         self.manager
             .vm
             .ram()
@@ -464,7 +492,9 @@ impl Mover for GrantMover<'_> {
     }
 
     fn release(&mut self, region: &RegionSpec, gpa: u64, len: u64) {
-        // The old range after a move, or the destination of an abandoned move.
+        // The old range after a move, or the destination of an abandoned move: either way
+        // the chunk's address is settled now.
+        self.moving = None;
         let revoked = self.manager.vm.is_revoked(gpa, len);
         let mode = if revoked {
             GrantMode::Exclusive
