@@ -11,7 +11,8 @@
 //! sent and duplicates, `garbage` posts malformed descriptors, `flood` sends a burst of
 //! messages before each answer, `slow` answers late (`agent.delay_ms=`), `stray` asks the
 //! VMM to copy pages into a range the VMM took earlier (device memory), `reorder` sends
-//! each answer after the next one.
+//! each answer after the next one, `stall` stops in the middle of every eviction the VMM
+//! copies for (after its first batch) for `agent.delay_ms`.
 
 use crate::mm::{CopyEngine, CopyError, CopyMode, Mm, Mmu, PhysMem};
 use crate::workload::Workload;
@@ -58,6 +59,10 @@ pub enum Mode {
     Stray,
     /// Hold each answer back and send it after the next one (replies out of order).
     Reorder,
+    /// Stop in the middle of every eviction the VMM copies for: after the first Migrate
+    /// batch is copied (pageblocks isolated, those pages not yet remapped), wait the
+    /// delay, then go on.
+    Stall,
 }
 
 impl Mode {
@@ -73,6 +78,7 @@ impl Mode {
             "slow" => Mode::Slow,
             "stray" => Mode::Stray,
             "reorder" => Mode::Reorder,
+            "stall" => Mode::Stall,
             _ => return None,
         })
     }
@@ -110,6 +116,8 @@ struct VmmCopy<'c, C: Channel> {
     count: usize,
     /// Test mode `stray`: send every page here instead.
     stray_dst: Option<u64>,
+    /// Test mode `stall`: wait this long after the first batch (0: no more stalls).
+    stall_ms: u64,
 }
 
 impl<C: Channel> CopyEngine for VmmCopy<'_, C> {
@@ -130,7 +138,7 @@ impl<C: Channel> CopyEngine for VmmCopy<'_, C> {
             req: self.req,
             count: count as u32,
         };
-        match self.chan.send(&msg, count * MIGRATE_PAIR_SIZE) {
+        let copied = match self.chan.send(&msg, count * MIGRATE_PAIR_SIZE) {
             Ok(Ack {
                 status: Status::Done,
                 done,
@@ -139,7 +147,12 @@ impl<C: Channel> CopyEngine for VmmCopy<'_, C> {
                 code: 0x100 + u64::from(ack.done),
             }),
             Err(ChannelError) => Err(CopyError { code: 1 }),
+        };
+        if copied.is_ok() && self.stall_ms > 0 {
+            let ms = core::mem::take(&mut self.stall_ms);
+            self.chan.delay_ms(ms);
         }
+        copied
     }
 }
 
@@ -247,11 +260,17 @@ impl Agent {
             let stray_dst = (self.mode == Mode::Stray)
                 .then(|| self.completed.iter().find(|c| c.2 != 0).map(|c| c.1))
                 .flatten();
+            let stall_ms = if self.mode == Mode::Stall {
+                self.delay_ms
+            } else {
+                0
+            };
             let mut engine = VmmCopy {
                 chan,
                 req,
                 count: 0,
                 stray_dst,
+                stall_ms,
             };
             self.workload
                 .evict(mm, hw, gpa, len, CopyMode::Host(&mut engine))
@@ -337,7 +356,7 @@ impl Agent {
                     }
                 }
             }
-            Mode::Normal | Mode::Lie | Mode::Stray => {}
+            Mode::Normal | Mode::Lie | Mode::Stray | Mode::Stall => {}
         }
         let _ = chan.send(&msg, 0);
         match self.mode {

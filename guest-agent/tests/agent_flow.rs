@@ -39,6 +39,10 @@ struct FakeChannel {
     mem: SharedMem,
     payload: Vec<u8>,
     sent: Vec<GuestMsg>,
+    /// Migrate batches copied.
+    batches: usize,
+    /// Each wait the agent asked for: its length, and how many batches had been copied.
+    delays: Vec<(u64, usize)>,
 }
 
 impl FakeChannel {
@@ -47,6 +51,8 @@ impl FakeChannel {
             mem,
             payload: vec![0; PAYLOAD_BYTES],
             sent: Vec::new(),
+            batches: 0,
+            delays: Vec::new(),
         }
     }
 }
@@ -65,6 +71,7 @@ impl Channel for FakeChannel {
                 mem.copy_within(s..s + 4096, d);
                 done += 1;
             }
+            self.batches += 1;
         } else {
             self.sent.push(msg);
         }
@@ -80,7 +87,9 @@ impl Channel for FakeChannel {
 
     fn send_garbage(&mut self) {}
 
-    fn delay_ms(&mut self, _ms: u64) {}
+    fn delay_ms(&mut self, ms: u64) {
+        self.delays.push((ms, self.batches));
+    }
 }
 
 /// One request served by the real agent; its answer.
@@ -259,6 +268,43 @@ fn a_busy_answer_lets_the_vmm_retry_after_the_pinned_page() {
         ),
         "{reply:?}"
     );
+    query_and_verify(&mut w);
+}
+
+#[test]
+fn stall_mode_stops_in_the_middle_of_a_vmm_copied_eviction() {
+    let mut w = World::new(1536);
+    w.populate();
+    let mut agent = Agent::new(w.wl.clone(), Mode::Stall, 1234);
+    let mut chan = FakeChannel::new(w.hw.mem.clone());
+    let evict = |req, gpa, len, flags| HostMsg::Evict {
+        req,
+        gpa,
+        len,
+        flags,
+    };
+    // Every eviction the VMM copies for waits once, after its first batch is copied (the
+    // pages are not remapped yet), then goes on.
+    let ranges = [(REGION_A.start, 2 * MB), (REGION_B.start, 0x1_0000)];
+    for (i, (gpa, len)) in ranges.into_iter().enumerate() {
+        let req = i as u64 + 1;
+        let before = chan.batches;
+        let msg = evict(req, gpa, len, EVICT_HOST_COPY);
+        agent.handle(msg, &mut w.mm, &mut w.hw, &mut chan, |_| true);
+        assert_eq!(chan.delays.last(), Some(&(1234, before + 1)));
+        let done = GuestMsg::Evicted {
+            req,
+            status: Status::Done,
+            migrated: len / PAGE_SIZE,
+        };
+        assert_eq!(chan.sent.pop(), Some(done));
+    }
+    assert_eq!(chan.delays.len(), 2);
+    // The guest's own copy has no batch to stall after.
+    let msg = evict(3, REGION_B.start + 0x1_0000, 0x1_0000, 0);
+    agent.handle(msg, &mut w.mm, &mut w.hw, &mut chan, |_| true);
+    assert_eq!(chan.delays.len(), 2);
+    w.wl = agent.workload;
     query_and_verify(&mut w);
 }
 

@@ -1,11 +1,13 @@
 //! Eviction under KVM with the real guest: lent memory populated by the guest's workload,
 //! evicted on demand, granted, freed, and every guest page verified from the host.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cma_tests::vm::TestVm;
 use protocol::page::{MANIFEST_ENTRY_SIZE, ManifestEntry, PAGE_PINNED, PAGE_PRESENT};
 use vmm::cma::{AllocRequest, CmaError};
+use vmm::exercise::GuestCheck;
 use vmm::grant::{CopyMode, GrantError, GrantMode, GrantPolicy, Target};
 use vmm::machine::RunOutcome;
 
@@ -262,6 +264,56 @@ fn a_guest_that_never_answers_times_out_and_the_range_stays_lent() {
     );
     assert!(vm.grants().cma().is_empty());
     assert!(!vm.vm().vm().is_revoked(0, 128 * M));
+}
+
+/// The soak's integrity failures in L1 ("CAPFRAME" in a workload page): a device model
+/// allocated while the host was checking the guest's pages. The check had read the
+/// manifest; the eviction then moved the pages of the range elsewhere and the device
+/// filled the range, so the check found device data where the manifest had said a page
+/// was. The guest had lost nothing. Here the check is begun, a device model allocates
+/// populated memory and fills it, and the check is finished only once the allocation has
+/// either finished (the race) or is known to wait for the check.
+#[test]
+#[cfg_attr(skip_kvm, ignore = "CMA_SKIP_KVM_TESTS=1")]
+fn a_host_check_holds_off_an_eviction_asked_for_meanwhile() {
+    let vm = guest("", GrantPolicy::default());
+    let g = vm.grants().clone();
+    let size = 256 << 10;
+    let check = GuestCheck::begin(vm.vm()).expect("quiesce the guest");
+    let device = {
+        let g = g.clone();
+        std::thread::spawn(move || {
+            let (grant, r) = g
+                .alloc(&region("a"), &AllocRequest::new(size), GrantMode::Shared)
+                .expect("allocate");
+            // The device fills its new buffer at once, as the capture device does.
+            grant.write(0, &vec![0xa5; size as usize]).expect("fill");
+            (grant.id(), r.pages_migrated)
+        })
+    };
+    let held = || g.metrics.evictions_held.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !device.is_finished() && held() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the allocation neither ran nor waited"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let report = check.finish().expect("resume the guest");
+    assert!(
+        report.is_clean(),
+        "the check read pages where they no longer were: {:?}",
+        report.first_errors
+    );
+    assert_eq!(held(), 1, "the eviction waited for the check");
+    let (id, migrated) = device.join().expect("the allocation ran after the check");
+    assert_eq!(migrated, size / PAGE_SIZE_U, "the range was populated");
+    let report = vm.integrity();
+    assert!(report.is_clean(), "{:?}", report.first_errors);
+    g.free(id).expect("free");
+    assert!(vm.integrity().is_clean());
+    assert_eq!(vm.shutdown_guest(), RunOutcome::Exited(0));
 }
 
 /// A small deterministic generator for the random cycles.

@@ -12,8 +12,8 @@ use protocol::layout::{PAGE_SIZE, PROGRESS_POPULATED};
 
 use crate::cma::AllocRequest;
 use crate::config::format_size;
-use crate::grant::{Grant, GrantMode, Target};
-use crate::integrity::{IntegrityReport, check_workload};
+use crate::grant::{EvictionsHeld, Grant, GrantMode, Target};
+use crate::integrity::{IntegrityReport, ManifestSnapshot};
 use crate::machine::RunningVmm;
 
 const SIZES: [u64; 8] = [
@@ -125,16 +125,75 @@ pub fn run(vm: &RunningVmm, n: u32) -> Result<ExerciseSummary, String> {
 
 /// Quiesce the guest's workload, verify every page from the host, resume.
 pub fn check_guest(vm: &RunningVmm) -> Result<IntegrityReport, String> {
-    let agent = vm.grants().agent();
-    let timeout = Duration::from_secs(30);
-    let report = agent
-        .query(true, false, timeout)
-        .map_err(|e| format!("cannot quiesce the guest: {e}"))?;
-    let result = check_workload(vm.vm().ram(), &report);
-    agent
-        .query(false, true, timeout)
-        .map_err(|e| format!("cannot resume the guest: {e}"))?;
-    Ok(result)
+    GuestCheck::begin(vm)?.finish()
+}
+
+/// How long the guest may take to answer a check's queries.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A host-side check of every guest page, in two steps ([`check_guest`] takes both at
+/// once). From [`GuestCheck::begin`] to the end of [`GuestCheck::finish`] the VMM sends
+/// the guest no eviction (allocations wait: [`crate::grant::GrantManager::hold_evictions`])
+/// and the guest's workload is quiesced, so every page stays where the manifest read at
+/// the beginning says it is, with the contents it says.
+pub struct GuestCheck<'v> {
+    vm: &'v RunningVmm,
+    snapshot: ManifestSnapshot,
+    resumed: bool,
+    _evictions: EvictionsHeld<'v>,
+}
+
+impl<'v> GuestCheck<'v> {
+    /// Hold evictions off (waiting for those under way), quiesce the guest's workload and
+    /// read its manifest.
+    pub fn begin(vm: &'v RunningVmm) -> Result<Self, String> {
+        let evictions = vm.grants().hold_evictions();
+        let report = vm
+            .grants()
+            .agent()
+            .query(true, false, CHECK_TIMEOUT)
+            .map_err(|e| format!("cannot quiesce the guest: {e}"))?;
+        Ok(GuestCheck {
+            vm,
+            snapshot: ManifestSnapshot::read(vm.vm().ram(), &report),
+            resumed: false,
+            _evictions: evictions,
+        })
+    }
+
+    /// Verify every page the manifest named, resume the guest; evictions go on after.
+    pub fn finish(mut self) -> Result<IntegrityReport, String> {
+        let report = self.snapshot.verify(self.vm.vm().ram());
+        self.resume()?;
+        Ok(report)
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        self.resumed = true;
+        self.vm
+            .grants()
+            .agent()
+            .query(false, true, CHECK_TIMEOUT)
+            .map(|_| ())
+            .map_err(|e| format!("cannot resume the guest: {e}"))
+    }
+}
+
+impl std::fmt::Debug for GuestCheck<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestCheck")
+            .field("resumed", &self.resumed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for GuestCheck<'_> {
+    /// A check abandoned half-way still resumes the guest.
+    fn drop(&mut self) {
+        if !self.resumed {
+            let _ = self.resume();
+        }
+    }
 }
 
 /// One line per region with its statistics.

@@ -13,14 +13,16 @@
 //!   slot is gone: a guest that lies loses its own data, it never gains device memory;
 //! - a freed chunk is zeroed (a memfd hole punch) before the guest can reach it again;
 //! - every failure leaves the range Lent with its bits cleared (the allocator's part) and
-//!   the guest told to undo what it did (the channel's Cancel, or a Return).
+//!   the guest told to undo what it did (the channel's Cancel, or a Return);
+//! - an eviction moves the guest's pages and rewrites its manifest, so none runs while the
+//!   host checks those pages ([`GrantManager::hold_evictions`]).
 //!
 //! Private regions are never mapped into the guest (their slots are removed at boot), so
 //! granting from them needs no eviction, and shared grants from them are refused.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use protocol::msg::Status;
@@ -119,6 +121,8 @@ pub struct GrantMetrics {
     pub return_fails: AtomicU64,
     /// Pages migrated by the guest for our grants.
     pub pages_migrated: AtomicU64,
+    /// Evictions that waited for a host-side check of the guest's pages to end.
+    pub evictions_held: AtomicU64,
 }
 
 /// What one allocation cost (the `--exercise` demo prints it).
@@ -166,14 +170,22 @@ impl Grant {
     /// address is looked up and written under the manager's access lock (see
     /// [`GrantManager`]).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), GrantError> {
-        let _access = self.manager.access.read().unwrap_or_else(|p| p.into_inner());
+        let _access = self
+            .manager
+            .access
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let gpa = self.inside(offset, data.len())?;
         Ok(self.manager.vm.ram().write(gpa, data)?)
     }
 
     /// Read the chunk at byte `offset` into `buf` (under the access lock, as [`Grant::write`]).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), GrantError> {
-        let _access = self.manager.access.read().unwrap_or_else(|p| p.into_inner());
+        let _access = self
+            .manager
+            .access
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let gpa = self.inside(offset, buf.len())?;
         Ok(self.manager.vm.ram().read(gpa, buf)?)
     }
@@ -207,10 +219,15 @@ impl Grant {
 /// chunk stopped being resolvable and before its range goes back to the guest. So no
 /// device write lands in a range the guest has been given back, and none is lost in a
 /// move.
+///
+/// The evictions lock keeps evictions and host-side checks of the guest's pages apart: an
+/// eviction holds it shared while the guest works on it, a check exclusively (see
+/// [`GrantManager::hold_evictions`]).
 pub struct GrantManager {
     cma: Arc<Cma>,
     vm: Arc<Vm>,
-    access: std::sync::RwLock<()>,
+    access: RwLock<()>,
+    evictions: RwLock<()>,
     agent: AgentChannel,
     policy: Mutex<GrantPolicy>,
     modes: Mutex<HashMap<ChunkId, GrantMode>>,
@@ -239,7 +256,8 @@ impl GrantManager {
         GrantManager {
             cma,
             vm,
-            access: std::sync::RwLock::new(()),
+            access: RwLock::new(()),
+            evictions: RwLock::new(()),
             agent,
             policy: Mutex::new(policy),
             modes: Mutex::new(HashMap::new()),
@@ -277,6 +295,34 @@ impl GrantManager {
     /// Change timeouts or the copy mode.
     pub fn set_policy(&self, policy: GrantPolicy) {
         *lock(&self.policy) = policy;
+    }
+
+    /// Hold off evictions until the returned guard drops; evictions under way finish first.
+    ///
+    /// Quiescing the guest's workload stops it rewriting its pages, not the guest's agent:
+    /// an eviction asked for meanwhile (a device model starting, the API, compaction) still
+    /// migrates pages and rewrites the manifest, and the frames it empties may be filled
+    /// by the device at once. A host-side check that read the manifest before would then
+    /// read pages where they no longer are. So a check holds this from before it quiesces
+    /// the guest until it has resumed it: what the manifest says stays true meanwhile
+    /// (Returns may still arrive, but they move no page). Allocations wait, counted in
+    /// [`GrantMetrics::evictions_held`]; the holder must not allocate or compact itself.
+    pub fn hold_evictions(&self) -> EvictionsHeld<'_> {
+        EvictionsHeld {
+            _guard: self.evictions.write().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// The shared side of [`GrantManager::hold_evictions`], for one eviction.
+    fn may_evict(&self) -> RwLockReadGuard<'_, ()> {
+        match self.evictions.try_read() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.metrics.evictions_held.fetch_add(1, Ordering::Relaxed);
+                self.evictions.read().unwrap_or_else(|p| p.into_inner())
+            }
+        }
     }
 
     /// Allocate a chunk and grant it in `mode`.
@@ -354,7 +400,10 @@ impl GrantManager {
         }
         let policy = self.policy();
         let host_copy = policy.copy == CopyMode::Host;
-        let answer = self.agent.evict(gpa, len, host_copy, policy.evict_timeout);
+        let answer = {
+            let _evicting = self.may_evict();
+            self.agent.evict(gpa, len, host_copy, policy.evict_timeout)
+        };
         let migrated = match answer {
             Ok((Status::Done, migrated)) => migrated,
             Ok((Status::Busy { first_busy }, _)) => {
@@ -445,13 +494,25 @@ impl GrantManager {
     }
 }
 
+/// Evictions are held off while this lives: see [`GrantManager::hold_evictions`].
+#[must_use = "evictions are held only while the guard lives"]
+pub struct EvictionsHeld<'m> {
+    _guard: RwLockWriteGuard<'m, ()>,
+}
+
+impl std::fmt::Debug for EvictionsHeld<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EvictionsHeld")
+    }
+}
+
 /// Compaction through the guest: the destination is evicted (and revoked, for an exclusive
 /// chunk) before the copy; the old range is scrubbed and returned after it.
 struct GrantMover<'m> {
     manager: &'m GrantManager,
     /// The access lock, held from a copy until the move is recorded (or abandoned): grant
     /// accesses wait, then find the chunk at its new address.
-    moving: Option<std::sync::RwLockWriteGuard<'m, ()>>,
+    moving: Option<RwLockWriteGuard<'m, ()>>,
 }
 
 impl GrantMover<'_> {

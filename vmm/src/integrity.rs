@@ -2,7 +2,9 @@
 //!
 //! The guest's manifest says which frame holds each logical page and its generation; the
 //! page's contents are a function of the two ([`protocol::page`]). The guest is paused in
-//! its workload (a Query with QUIESCE) while we read, so pages are not rewritten under us.
+//! its workload (a Query with QUIESCE) while we read, so pages are not rewritten under us,
+//! and the VMM sends it no eviction meanwhile, so pages are not moved under us either
+//! ([`ManifestSnapshot`]).
 //! The manifest is guest memory and untrusted: its length is bounded and every address is
 //! checked; a lying manifest only produces errors in the report.
 
@@ -47,40 +49,70 @@ impl IntegrityReport {
 
 /// Verify every present page the guest's `report` points at.
 pub fn check_workload(ram: &GuestRam, report: &Report) -> IntegrityReport {
-    let mut out = IntegrityReport::default();
-    let entries = report.manifest_len.min(MAX_ENTRIES);
-    let mut manifest = vec![0u8; (entries as usize) * MANIFEST_ENTRY_SIZE];
-    if ram.read(report.manifest_gpa, &mut manifest).is_err() {
-        out.fail(format!(
-            "manifest [{:#x}, +{} entries) is not in guest RAM",
-            report.manifest_gpa, entries
-        ));
-        return out;
-    }
-    let mut page = vec![0u8; PAGE_SIZE as usize];
-    for id in 0..entries as usize {
-        let Ok(e) = ManifestEntry::decode(&manifest, id) else {
-            break;
-        };
-        if e.flags & PAGE_PRESENT == 0 {
-            continue;
-        }
-        if e.flags & protocol::page::PAGE_PINNED != 0 {
-            out.pages_pinned += 1;
-        }
-        if e.gpa % PAGE_SIZE != 0 || ram.read(e.gpa, &mut page).is_err() {
-            out.fail(format!("page {id}: frame {:#x} is not guest RAM", e.gpa));
-            continue;
-        }
-        match verify(&page, id as u64, u64::from(e.generation)) {
-            Ok(()) => out.pages_checked += 1,
-            Err(m) => out.fail(format!(
-                "page {id} (generation {}) in frame {:#x}: offset {} holds {:#x}, expected {:#x}",
-                e.generation, e.gpa, m.offset, m.found, m.expected
+    ManifestSnapshot::read(ram, report).verify(ram)
+}
+
+/// The guest's manifest as read at one moment: which frame holds each logical page, and
+/// in which generation. Verifying the pages later is exact only if none moved meanwhile:
+/// a page the guest migrated since is looked for in the frame it left, which may hold
+/// anything by then (device data, zeros). Hence a check holds evictions off from before
+/// it reads the manifest until it has read the pages
+/// ([`crate::grant::GrantManager::hold_evictions`]).
+#[derive(Debug, Clone)]
+pub struct ManifestSnapshot {
+    manifest: Result<Vec<u8>, String>,
+}
+
+impl ManifestSnapshot {
+    /// Read the manifest `report` points at (at most [`MAX_ENTRIES`] entries).
+    pub fn read(ram: &GuestRam, report: &Report) -> Self {
+        let entries = report.manifest_len.min(MAX_ENTRIES);
+        let mut manifest = vec![0u8; (entries as usize) * MANIFEST_ENTRY_SIZE];
+        let manifest = match ram.read(report.manifest_gpa, &mut manifest) {
+            Ok(()) => Ok(manifest),
+            Err(_) => Err(format!(
+                "manifest [{:#x}, +{} entries) is not in guest RAM",
+                report.manifest_gpa, entries
             )),
-        }
+        };
+        ManifestSnapshot { manifest }
     }
-    out
+
+    /// Verify every present page where the manifest said it was.
+    pub fn verify(&self, ram: &GuestRam) -> IntegrityReport {
+        let mut out = IntegrityReport::default();
+        let manifest = match &self.manifest {
+            Ok(m) => m,
+            Err(e) => {
+                out.fail(e.clone());
+                return out;
+            }
+        };
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        for id in 0..manifest.len() / MANIFEST_ENTRY_SIZE {
+            let Ok(e) = ManifestEntry::decode(manifest, id) else {
+                break;
+            };
+            if e.flags & PAGE_PRESENT == 0 {
+                continue;
+            }
+            if e.flags & protocol::page::PAGE_PINNED != 0 {
+                out.pages_pinned += 1;
+            }
+            if e.gpa % PAGE_SIZE != 0 || ram.read(e.gpa, &mut page).is_err() {
+                out.fail(format!("page {id}: frame {:#x} is not guest RAM", e.gpa));
+                continue;
+            }
+            match verify(&page, id as u64, u64::from(e.generation)) {
+                Ok(()) => out.pages_checked += 1,
+                Err(m) => out.fail(format!(
+                    "page {id} (generation {}) in frame {:#x}: offset {} holds {:#x}, expected {:#x}",
+                    e.generation, e.gpa, m.offset, m.found, m.expected
+                )),
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -196,6 +196,8 @@ pub struct GrantSection {
     pub return_fails: u64,
     /// Pages the guest migrated for grants.
     pub pages_migrated: u64,
+    /// Evictions that waited for a host-side check of the guest's pages (`verify`).
+    pub evict_held_count: u64,
 }
 
 impl From<&GrantMetrics> for GrantSection {
@@ -210,6 +212,7 @@ impl From<&GrantMetrics> for GrantSection {
             busy_count: get(&m.busy),
             return_fails: get(&m.return_fails),
             pages_migrated: get(&m.pages_migrated),
+            evict_held_count: get(&m.evictions_held),
         }
     }
 }
