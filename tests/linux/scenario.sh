@@ -230,7 +230,14 @@ T0=$(cut -d' ' -f1 /proc/uptime)
 	--cmdline "$CMDLINE" </dev/null >"$LOG" 2>&1 &
 VMM_PID=$!
 
-timeout 450 "$VMM" ctl --api-sock "$SOCK" --timeout 400 wait >"$OUT" 2>&1 || abort "the guest did not populate its lent memory: $(tr -d '\n' <"$OUT" | head -c 400)"
+# Wait for "populated" in short steps, so that a VMM that died (a crashed guest) ends the
+# wait at once instead of at its deadline.
+until timeout 30 "$VMM" ctl --api-sock "$SOCK" --timeout 15 wait >"$OUT" 2>&1; do
+	kill -0 "$VMM_PID" 2>/dev/null || { wait "$VMM_PID"; st=$?; VMM_PID=; abort "the VMM exited (status $st) before the guest populated its lent memory"; }
+	waited=$(awk -v a="$T0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%d", b - a }')
+	[ "$waited" -lt 400 ] || abort "the guest did not populate its lent memory within 400 s: $(tr -d '\n' <"$OUT" | head -c 400)"
+	sleep 1
+done
 say "guest populated after $(awk -v a="$T0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }') s"
 
 for r in a b; do
