@@ -22,6 +22,7 @@ pub mod ctl;
 pub mod devices;
 pub mod exercise;
 pub mod grant;
+pub mod host_cache;
 pub mod integrity;
 pub mod machine;
 pub mod soak;

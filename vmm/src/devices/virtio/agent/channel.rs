@@ -101,6 +101,10 @@ pub struct ChannelShared {
     kick: EventFd,
     /// Counters.
     pub metrics: AgentMetrics,
+    /// Benchmarks only: flush the host's caches before each Migrate copy, so that the copy
+    /// is timed cold, the state its memcpy baseline is measured in
+    /// ([`crate::bench::MemcpyBaseline`]).
+    pub cold_copies: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ChannelShared {
@@ -127,6 +131,7 @@ impl AgentChannel {
                 answered: Condvar::new(),
                 kick,
                 metrics: AgentMetrics::default(),
+                cold_copies: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }

@@ -24,6 +24,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::channel::{AgentMetrics, ChannelShared};
 use crate::devices::virtio::mmio::{ActivateError, Interrupt, VirtioDevice};
+use crate::host_cache::CacheFlusher;
 use crate::vstate::memory::GuestRam;
 
 /// The agent device's virtio id (vendor-specific range).
@@ -46,6 +47,8 @@ pub struct AgentDevice {
     device_owned: DeviceOwned,
     queues: Vec<Queue>,
     interrupt: Option<Interrupt>,
+    /// Made when a benchmark first asks for cold copies ([`ChannelShared::cold_copies`]).
+    flusher: Option<CacheFlusher>,
 }
 
 impl std::fmt::Debug for AgentDevice {
@@ -120,6 +123,7 @@ impl AgentDevice {
             device_owned,
             queues: Vec::new(),
             interrupt: None,
+            flusher: None,
         }
     }
 
@@ -321,6 +325,13 @@ impl AgentDevice {
         }
         if pairs.len() != count {
             return refuse(pairs.len() as u32);
+        }
+        if self
+            .channel
+            .cold_copies
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.flusher.get_or_insert_with(CacheFlusher::new).flush();
         }
         let started = std::time::Instant::now();
         self.populate_destinations(&pairs);
