@@ -29,6 +29,11 @@ Options:
   --suite-only A,B     with --suite: only these test executables (boot, evict, api, ...)
   --suite-args STR     with --suite: arguments for every test executable (e.g. a test
                        name filter, or --test-threads=1)
+  --bench              run `cma-vmm bench linux` inside L1 instead of the scenario (our
+                       device against the guest's own alloc_contig_range and QEMU's
+                       virtio-mem, same kernel); the report lands in target/linux/bench/
+                       (L1 gets 4 GiB and the deadline is 1800 s unless given)
+  --bench-runs N       with --bench: samples per size and series (default 5, at most 5)
   --scenario FILE      run FILE inside L1 instead of tests/linux/scenario.sh
   --add HOST:L1PATH    put HOST_PATH into L1 at L1PATH (repeatable; executables bring
                        their shared libraries)
@@ -55,7 +60,8 @@ EOF
 # ---------------------------------------------------------------- options
 
 PROFILE=debug
-TIMEOUT=600
+TIMEOUT=
+BENCH_RUNS=5
 SCENARIO=$HERE/scenario.sh
 MODE=scenario
 SUITE_HOST=1
@@ -69,7 +75,7 @@ L1_APPEND_EXTRA=
 EXTRA=()
 # The L1 machine; overridable from the environment for experiments.
 L1_CPUS=${L1_CPUS:-2}
-L1_MEM=${L1_MEM:-3G}
+L1_MEM=${L1_MEM:-}
 L1_ACCEL=${L1_ACCEL:-tcg,thread=multi}
 L1_CPU=${L1_CPU:-EPYC,+svm,+npt}
 
@@ -77,6 +83,8 @@ need_arg() { (($1 >= 2)) || die "$2 needs a value (see --help)"; }
 while (($#)); do
 	case $1 in
 	--suite) MODE=suite ;;
+	--bench) MODE=bench ;;
+	--bench-runs) need_arg $# "$1" && BENCH_RUNS=$2 && shift ;;
 	--suite-no-host) SUITE_HOST=0 ;;
 	--suite-only) need_arg $# "$1" && SUITE_ONLY=$2 && shift ;;
 	--suite-args) need_arg $# "$1" && SUITE_ARGS=$2 && shift ;;
@@ -97,6 +105,13 @@ while (($#)); do
 	esac
 	shift
 done
+# The benchmark's guest has 2.25 GiB and fills it, then QEMU's guest runs: more room and time.
+if [[ $MODE == bench ]]; then
+	TIMEOUT=${TIMEOUT:-1800} L1_MEM=${L1_MEM:-4G}
+else
+	TIMEOUT=${TIMEOUT:-600} L1_MEM=${L1_MEM:-3G}
+fi
+[[ $BENCH_RUNS =~ ^[1-5]$ ]] || die "--bench-runs takes 1 to 5, not '$BENCH_RUNS'"
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "--timeout takes a whole number of seconds, not '$TIMEOUT'"
 for e in "${EXTRA[@]}"; do
 	[[ $e == ?*:/* ]] || die "--add takes HOST_PATH:/L1/PATH, not '$e'"
@@ -130,7 +145,7 @@ T_ALL=$(now_us)
 phase_begin "install"
 packages=(qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static cpio)
 # The agent module is built against linux-headers-amd64, which does not pull make in.
-[[ $MODE == scenario ]] && packages+=(make gcc)
+[[ $MODE == scenario || $MODE == bench ]] && packages+=(make gcc)
 # --suite: python3 reads cargo's JSON messages; strip (binutils) slims the test executables.
 [[ $MODE == suite ]] && packages+=(binutils) && ! command -v python3 >/dev/null && packages+=(python3)
 ensure_packages "${packages[@]}"
@@ -182,7 +197,7 @@ cargo build -p vmm "${cargo_profile[@]}" || die "cargo build -p vmm failed"
 phase_end
 
 L2_INITRD_HOST=$WORK/l2-initrd.cpio.gz
-if [[ $MODE == scenario ]]; then
+if [[ $MODE == scenario || $MODE == bench ]]; then
 	phase_begin "build: agent module"
 	AGENT_KO=$REPO/guest-linux/cma_agent.ko
 	if [[ -f guest-linux/Makefile ]]; then
@@ -271,7 +286,7 @@ conf=$L1_ROOT/etc/l1.conf
 	# L1's clock starts about when QEMU does, which is when the deadline starts counting.
 	echo "L1_WATCHDOG_SECS=$((TIMEOUT > 60 ? TIMEOUT - 20 : TIMEOUT * 2 / 3))"
 } >"$conf"
-if [[ $MODE == scenario ]]; then
+if [[ $MODE == scenario || $MODE == bench ]]; then
 	l1_add "$CMA_VMM_BIN" /usr/local/bin/cma-vmm
 	l1_add "/boot/vmlinuz-$KVER" /l2/vmlinuz
 	l1_add "$L2_INITRD_HOST" /l2/initrd.cpio.gz
@@ -280,7 +295,22 @@ if [[ $MODE == scenario ]]; then
 		export CMA_VMM=/usr/local/bin/cma-vmm L2_KERNEL=/l2/vmlinuz L2_INITRD=/l2/initrd.cpio.gz SCRATCH_DIR=/scratch
 		L1_PAYLOAD=/scenario.sh
 	EOF
-else
+fi
+if [[ $MODE == bench ]]; then
+	# QEMU for the virtio-mem comparison, with the firmware a -kernel boot of the pc
+	# machine reads (SeaBIOS and the option ROMs) in the one directory it is given (-L).
+	l1_add /usr/bin/qemu-system-x86_64 /usr/bin/qemu-system-x86_64
+	l1_add /usr/share/seabios/bios-256k.bin /usr/share/qemu/bios-256k.bin
+	for f in linuxboot_dma.bin linuxboot.bin kvmvapic.bin; do
+		l1_add "/usr/share/qemu/$f" "/usr/share/qemu/$f"
+	done
+	l1_add "$HERE/bench.sh" /bench.sh
+	chmod 755 "$L1_ROOT/bench.sh"
+	cat >>"$conf" <<-EOF
+		export BENCH_RUNS=$BENCH_RUNS
+		L1_PAYLOAD=/bench.sh
+	EOF
+elif [[ $MODE == suite ]]; then
 	# Same absolute paths as on the host. Without their debug information (symbols stay,
 	# so backtraces keep function names): ~27 MB each otherwise, which L1 would load and
 	# unpack under TCG.
@@ -397,6 +427,21 @@ if [[ $MODE == suite ]]; then
 		printf 'linux-test: %-20s %12s %9s %12s %9s %7s\n' "$name" "$l1pf" "$l1s" \
 			"${host_counts[$name]:--}" "$hs" "$ratio"
 	done <"$SUITE_LIST"
+fi
+
+# ---------------------------------------------------------------- --bench: the report
+
+if [[ $MODE == bench ]]; then
+	# Files bench.sh printed between markers (the serial console adds carriage returns).
+	rm -rf "$OUT/bench" && mkdir -p "$OUT/bench"
+	tr -d '\r' <"$LOG" | awk -v dir="$OUT/bench" '
+		/^L1-FILE-BEGIN / { name = $2; file = dir "/" name; printf "" > file; next }
+		/^L1-FILE-END / { close(file); file = ""; next }
+		file != "" { print >> file }'
+	for f in "$OUT"/bench/*; do
+		[[ -e $f ]] && log "bench report: $f"
+	done
+	tr -d '\r' <"$LOG" | sed -n '/^taking back populated guest memory/,/^wrote /p' | grep -v '^wrote ' || true
 fi
 
 # ---------------------------------------------------------------- verdict

@@ -1,9 +1,13 @@
 //! `cma-vmm bench linux`: taking populated memory back from a stock Linux guest, three
 //! ways, with the same guest kernel and in the same run:
 //!
-//! 1. **ours**: an exclusive allocation of a populated 4 MiB / 64 MiB range of a lent
-//!    region, end to end (bits marked → Evict → the guest's agent module runs
-//!    `alloc_contig_range()` → Done → KVM slot removed → granted);
+//! 1. **ours**: an allocation of a populated 4 MiB / 64 MiB range of a lent region, end to
+//!    end (bits marked → Evict → the guest's agent module runs `alloc_contig_range()` →
+//!    Done → granted), shared (the range stays mapped in the guest) and exclusive (its
+//!    KVM slot is removed too). All shared samples come first: on x86 KVM a memory slot
+//!    change drops the guest's whole nested page table, and the faults that rebuild it
+//!    fall on whatever the guest does next, so exclusive samples also pay for the
+//!    previous exclusive grant's slot change, as back-to-back exclusive grants do;
 //! 2. **Linux's own**: `alloc_contig_range()` on a same-sized populated ZONE_MOVABLE range
 //!    of another lent region, timed inside the guest by the agent module (its `bench`
 //!    knob), with no VMM involved;
@@ -39,15 +43,17 @@ use crate::machine::{RunOutcome, Vmm, VmmOptions};
 
 /// Range sizes measured.
 pub const SIZES: [u64; 2] = [4 << 20, 64 << 20];
-/// Each lent region: one for our device's samples, one for the in-guest samples.
+/// The lent region of our device's samples: room for every sample of both modes.
+const HOST_REGION_SIZE: u64 = 768 << 20;
+/// The lent region of the in-guest samples (and the virtio-mem device's memory).
 const REGION_SIZE: u64 = 512 << 20;
 /// Guest memory: the two lent regions and 1 GiB of ordinary RAM to migrate into.
-const MEMORY: u64 = 2 << 30;
+const MEMORY: u64 = HOST_REGION_SIZE + REGION_SIZE + (1 << 30);
 /// How much the guest writes to tmpfs: nearly all of the lent memory.
-const FILL: u64 = 960 << 20;
-/// Most samples per size: every sample takes a fresh populated range of the 512 MiB
-/// regions (4 MiB and 64 MiB ranges, one after the other).
-pub const MAX_RUNS: usize = 7;
+const FILL: u64 = HOST_REGION_SIZE + REGION_SIZE - (64 << 20);
+/// Most samples per size and series: every sample takes a fresh populated range
+/// (4 MiB and 64 MiB ranges, one after the other: 5 × 68 MiB per mode and region).
+pub const MAX_RUNS: usize = 5;
 /// The QMP port of the virtio-mem guest (on loopback).
 const QMP_PORT: u16 = 4445;
 
@@ -60,10 +66,11 @@ struct Sample {
     pages_migrated: u64,
 }
 
-/// The three series, by size.
+/// The four series, by size.
 #[derive(Debug, Default)]
 struct Results {
-    ours: Vec<Sample>,
+    shared: Vec<Sample>,
+    exclusive: Vec<Sample>,
     contig: Vec<Sample>,
     virtio_mem: Vec<Sample>,
 }
@@ -123,12 +130,12 @@ fn ours_and_contig(run: &RunArgs, runs: usize, r: &mut Results) -> Result<(), St
         kernel: run.config.kernel.clone(),
         initrd: run.config.initrd.clone(),
         guest_args: format!(
-            "cmatest.mode=bench cmatest.fill={FILL} cmatest.bench=guest cmatest.bench_sizes={} cmatest.bench_runs={runs} {}",
+            "cmatest.mode=bench cmatest.fill={FILL} cmatest.warm=1 cmatest.bench=guest cmatest.bench_sizes={} cmatest.bench_runs={runs} {}",
             sizes.join(","),
             run.config.guest_args
         ),
         regions: vec![
-            RegionConfig::new("host", REGION_SIZE),
+            RegionConfig::new("host", HOST_REGION_SIZE),
             RegionConfig::new("guest", REGION_SIZE),
         ],
         ..VmConfig::default()
@@ -150,40 +157,54 @@ fn ours_and_contig(run: &RunArgs, runs: usize, r: &mut Results) -> Result<(), St
         .map_err(|e| e.to_string())?;
     if !vm.wait_milestone(PROGRESS_POPULATED, Duration::from_secs(900)) {
         let why = format!(
-            "the Linux guest did not report its lent memory populated: {:?}",
-            vm.outcome()
+            "the Linux guest did not report its lent memory populated: {:?}; the end of its console:\n{}",
+            vm.outcome(),
+            last_lines(&vm.console().text(), 40)
         );
         vm.shutdown();
         return Err(why);
     }
     r.contig = contig_samples(&vm.console().text())?;
     let g = vm.grants();
-    for size in SIZES {
-        let mut live = Vec::new();
-        for _ in 0..runs {
-            let (grant, report) = g
-                .alloc(
-                    &Target::Regions("host".into()),
-                    &AllocRequest::new(size).aligned(size, 0),
-                    GrantMode::Exclusive,
-                )
-                .map_err(|e| format!("{}: {e}", format_size(size)))?;
-            r.ours.push(Sample {
-                size,
-                ms: ms(report.elapsed),
-                pages_migrated: report.pages_migrated,
-            });
-            live.push(grant);
+    // Every grant is kept until both modes are done: a freed range is no longer populated.
+    let mut live = Vec::new();
+    for mode in [GrantMode::Shared, GrantMode::Exclusive] {
+        let samples = match mode {
+            GrantMode::Shared => &mut r.shared,
+            GrantMode::Exclusive => &mut r.exclusive,
+        };
+        for size in SIZES {
+            for _ in 0..runs {
+                let (grant, report) = g
+                    .alloc(
+                        &Target::Regions("host".into()),
+                        &AllocRequest::new(size).aligned(size, 0),
+                        mode,
+                    )
+                    .map_err(|e| format!("{} {mode:?}: {e}", format_size(size)))?;
+                samples.push(Sample {
+                    size,
+                    ms: ms(report.elapsed),
+                    pages_migrated: report.pages_migrated,
+                });
+                live.push(grant);
+            }
         }
-        for grant in live {
-            g.free(grant.id()).map_err(|e| e.to_string())?;
-        }
+    }
+    for grant in live {
+        g.free(grant.id()).map_err(|e| e.to_string())?;
     }
     let _ = g.agent().shutdown_guest();
     match vm.wait(Some(Duration::from_secs(300))).outcome {
         RunOutcome::Exited(0) | RunOutcome::PoweredOff => Ok(()),
         other => Err(format!("the Linux guest ended badly: {other:?}")),
     }
+}
+
+/// The last `n` lines of `text`, for diagnostics.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A QMP connection to QEMU on loopback.
@@ -412,37 +433,45 @@ pub fn run(
     println!("taking back populated guest memory (emulated-SVM wall time, median / p99 ms):");
     let mut rows = Vec::new();
     for size in SIZES {
-        let ours = Stats::of(&of_size(&r.ours, size));
+        let shared = Stats::of(&of_size(&r.shared, size));
+        let exclusive = Stats::of(&of_size(&r.exclusive, size));
         let contig = Stats::of(&of_size(&r.contig, size));
         let vmem = Stats::of(&of_size(&r.virtio_mem, size));
-        let ratio = |other: &Stats| ours.median / other.median;
+        let line = |name: &str, s: &Stats| {
+            println!(
+                "  {:>4}  {name:<34} {:>8.1} / {:>8.1}",
+                format_size(size),
+                s.median,
+                s.p99
+            );
+        };
+        line("ours, shared grant", &shared);
+        line("ours, exclusive grant", &exclusive);
+        line("guest alloc_contig_range", &contig);
+        if !r.virtio_mem.is_empty() {
+            line("virtio-mem unplug (QEMU)", &vmem);
+        }
+        let over = |ours: &Stats, other: &Stats| ours.median / other.median;
+        let vs_vmem = |ours: &Stats| (!r.virtio_mem.is_empty()).then(|| over(ours, &vmem));
+        let shown = |x: Option<f64>| x.map_or(String::new(), |x| format!(", {x:.2}x virtio-mem"));
         println!(
-            "  {:>4}  ours {:>8.1} / {:>8.1}   guest alloc_contig_range {:>8.1} / {:>8.1}   virtio-mem unplug {:>8.1} / {:>8.1}",
-            format_size(size),
-            ours.median,
-            ours.p99,
-            contig.median,
-            contig.p99,
-            vmem.median,
-            vmem.p99
-        );
-        println!(
-            "        ours / alloc_contig_range = {:.2}x{}   (populated: ours {:.0}%, in-guest {:.0}%)",
-            ratio(&contig),
-            if r.virtio_mem.is_empty() {
-                String::new()
-            } else {
-                format!("   ours / virtio-mem = {:.2}x", ratio(&vmem))
-            },
-            populated(&r.ours, size).median * 100.0,
+            "        shared {:.2}x alloc_contig_range{}; exclusive {:.2}x alloc_contig_range{}   (populated: ours {:.0}%, in-guest {:.0}%)",
+            over(&shared, &contig),
+            shown(vs_vmem(&shared)),
+            over(&exclusive, &contig),
+            shown(vs_vmem(&exclusive)),
+            populated(&r.exclusive, size).median * 100.0,
             populated(&r.contig, size).median * 100.0,
         );
         rows.push(json!({
             "size": size,
-            "ours_over_alloc_contig_range": ratio(&contig),
-            "ours_over_virtio_mem": if r.virtio_mem.is_empty() { None } else { Some(ratio(&vmem)) },
+            "shared_over_alloc_contig_range": over(&shared, &contig),
+            "exclusive_over_alloc_contig_range": over(&exclusive, &contig),
+            "shared_over_virtio_mem": vs_vmem(&shared),
+            "exclusive_over_virtio_mem": vs_vmem(&exclusive),
             "series": [
-                summary("ours", &r.ours, size),
+                summary("ours_shared", &r.shared, size),
+                summary("ours_exclusive", &r.exclusive, size),
                 summary("alloc_contig_range", &r.contig, size),
                 summary("virtio_mem_unplug", &r.virtio_mem, size),
             ],
@@ -456,7 +485,8 @@ pub fn run(
             .collect(),
     };
     let mut series = vec![
-        bars("ours (device, end to end)", &r.ours),
+        bars("ours, shared", &r.shared),
+        bars("ours, exclusive", &r.exclusive),
         bars("guest alloc_contig_range", &r.contig),
     ];
     if !r.virtio_mem.is_empty() {
@@ -474,6 +504,7 @@ pub fn run(
         "benchmark": "linux",
         "note": "wall times under emulated SVM (QEMU TCG L1, KVM L2): labelled emulated, not hardware figures; compare the ratios",
         "runs_per_size": runs,
+        "order": "in one guest: the in-guest alloc_contig_range samples, then ours shared, then ours exclusive; then virtio-mem in a QEMU guest",
         "guest_memory": MEMORY,
         "fill": FILL,
         "sizes": rows,
