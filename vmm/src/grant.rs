@@ -31,9 +31,10 @@ use serde::Serialize;
 use crate::cma::{AllocRequest, Chunk, ChunkId, ClaimOutcome, Cma, CmaError, Mover};
 use crate::config::RegionSpec;
 use crate::devices::virtio::agent::AgentChannel;
+use crate::sync::lock;
 use crate::vstate::memory::MemoryError;
 use crate::vstate::vcpu::{ExitCounters, VcpuControl};
-use crate::vstate::vm::{Vm, lock};
+use crate::vstate::vm::Vm;
 
 /// Whether the guest keeps access to a granted chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -8,7 +8,8 @@
 //! - [`grant`]: granting chunks to devices: eviction by the guest agent, revocation, scrub;
 //! - [`machine`]: build, run and stop a VM;
 //! - [`cli`], [`commands`]: the `cma-vmm` command line;
-//! - [`api`], [`ctl`]: the runtime control API on a Unix socket, its client, metrics.
+//! - [`api`], [`ctl`]: the runtime control API on a Unix socket, its client, metrics;
+//! - [`sync`]: small helpers (a mutex lock that survives poisoning).
 
 pub mod api;
 pub mod arch;
@@ -25,4 +26,5 @@ pub mod grant;
 pub mod integrity;
 pub mod machine;
 pub mod soak;
+pub mod sync;
 pub mod vstate;

@@ -40,10 +40,11 @@ use crate::devices::virtio::mmio::{
     Interrupt, MmioTransport, QUEUE_NOTIFY, RingGuard, VirtioDevice,
 };
 use crate::grant::{GrantManager, GrantPolicy};
+use crate::sync::lock;
 use crate::vstate::memory::{GuestRam, MemoryError};
 use crate::vstate::slots::SlotError;
 use crate::vstate::vcpu::{ExitCounters, Vcpu, VcpuContext, VcpuControl, VcpuStop};
-use crate::vstate::vm::{Vm, VmError, lock, open_kvm};
+use crate::vstate::vm::{Vm, VmError, open_kvm};
 
 /// Errors of building or running a VM.
 #[derive(Debug, thiserror::Error)]

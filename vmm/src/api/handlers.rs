@@ -24,7 +24,7 @@ use super::server::Service;
 use crate::cma::{Chunk, ChunkId, RegionStats};
 use crate::grant::GrantMode;
 use crate::machine::{BootTimes, RunOutcome, RunningVmm};
-use crate::vstate::vm::lock;
+use crate::sync::lock;
 
 /// A chunk as the API shows it.
 #[derive(Debug, Clone, Serialize)]

@@ -36,8 +36,8 @@ use crate::devices::virtio::agent::channel::AgentMetrics;
 use crate::devices::virtio::capture::CaptureMetrics;
 use crate::grant::{GrantManager, GrantMetrics};
 use crate::machine::RunningVmm;
+use crate::sync::lock;
 use crate::vstate::vcpu::ExitCounters;
-use crate::vstate::vm::lock;
 
 /// How often `--metrics-path` is rewritten.
 pub const METRICS_PERIOD: Duration = Duration::from_secs(1);
