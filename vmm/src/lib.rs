@@ -4,8 +4,8 @@
 //! - [`vstate`]: guest memory, KVM memory slots, the VM, vCPUs;
 //! - [`arch`], [`boot`]: 64-bit boot state, the guest image and boot information;
 //! - [`devices`]: port-I/O and MMIO buses, the serial console, platform ports;
-//! - [`cma`]: the CMA allocator (regions, bitmaps, map rules, pin/unpin, compaction);
-//! - [`grant`]: granting chunks to devices: eviction by the guest agent, revocation, scrub;
+//! - [`grant`]: granting chunks to devices: eviction by the guest agent, revocation, scrub
+//!   (the allocator itself is the [`cma`] crate; its claim and release hooks are here);
 //! - [`machine`]: build, run and stop a VM;
 //! - [`cli`], [`commands`]: the `cma-vmm` command line;
 //! - [`api`], [`ctl`]: the runtime control API on a Unix socket, its client, metrics;
@@ -16,7 +16,6 @@ pub mod arch;
 pub mod bench;
 pub mod boot;
 pub mod cli;
-pub mod cma;
 pub mod commands;
 pub mod config;
 pub mod ctl;

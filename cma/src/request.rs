@@ -2,10 +2,10 @@
 //! alignment mask and an alignment offset (Linux's `cma_bitmap_pages_to_bits`,
 //! `cma_bitmap_aligned_mask` and `cma_bitmap_aligned_offset`).
 
-use protocol::layout::PAGE_SIZE;
+use crate::region::PAGE_SIZE;
 
-use super::error::CmaError;
-use crate::config::RegionSpec;
+use crate::error::CmaError;
+use crate::region::RegionSpec;
 
 /// Claim attempts per region before busy candidates make an allocation give up. Linux
 /// retries until the area is exhausted; our claims wait for a guest, so we bound them.

@@ -13,16 +13,15 @@
 //!  finish_move  clear the old range       chunk: Granted; then tell its listener
 //! ```
 
-use serde::Serialize;
-
-use super::alloc::Cma;
-use super::area::Area;
-use super::error::CmaError;
-use super::hooks::{ClaimOutcome, Mover};
-use crate::config::RegionSpec;
+use crate::alloc::Cma;
+use crate::area::Area;
+use crate::error::CmaError;
+use crate::hooks::{ClaimOutcome, Mover};
+use crate::region::RegionSpec;
 
 /// What one compaction did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CompactReport {
     /// Region id.
     pub region: u32,

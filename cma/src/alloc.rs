@@ -4,15 +4,15 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use protocol::layout::{MAX_MEMORY, PAGE_SIZE};
+use crate::region::{MAX_REGION_SIZE, PAGE_SIZE};
 
-use super::area::{Area, Refusal};
-use super::chunk::{Chunk, ChunkId, MoveListener};
-use super::error::CmaError;
-use super::hooks::{Claim, ClaimOutcome, Release};
-use super::metrics::{RegionStats, RegionsInfo};
-use super::request::{AllocRequest, Placement};
-use crate::config::{ANY_DEVICE, MAX_ORDER_PER_BIT, MapRule, RegionSpec};
+use crate::area::{Area, Refusal};
+use crate::chunk::{Chunk, ChunkId, MoveListener};
+use crate::error::CmaError;
+use crate::hooks::{Claim, ClaimOutcome, Release};
+use crate::metrics::{RegionStats, RegionsInfo};
+use crate::region::{ANY_DEVICE, MAX_ORDER_PER_BIT, MapRule, RegionSpec};
+use crate::request::{AllocRequest, Placement};
 
 /// Instance ids, so that a handle from one allocator is refused by another.
 static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(1);
@@ -362,7 +362,9 @@ fn busy(spec: &RegionSpec, attempts: u32, at: u64) -> CmaError {
     }
 }
 
-/// What the allocator needs of a region table beyond the configuration's own checks.
+/// What the allocator needs of a region table: whatever declared the regions may have
+/// checked more (placement in guest RAM, pageblock alignment), but these hold or nothing
+/// is built.
 fn check_regions(regions: &[RegionSpec]) -> Result<(), CmaError> {
     let bad = |s: String| Err(CmaError::BadRegionTable(s));
     for (i, r) in regions.iter().enumerate() {
@@ -373,13 +375,24 @@ fn check_regions(regions: &[RegionSpec]) -> Result<(), CmaError> {
         if regions[..i].iter().any(|o| o.name == r.name) {
             return bad(format!("duplicate region name '{}'", r.name));
         }
+        // Names travel in lists ("r1,r2") and rules ("dev=r1,r2"), trimmed: a name those
+        // cannot spell would be a region nobody can allocate from by name.
+        if r.name.is_empty()
+            || r.name.contains([',', ';', '='])
+            || r.name.contains(char::is_whitespace)
+        {
+            return bad(format!(
+                "region name '{}' is empty or contains ',', ';', '=' or white space",
+                r.name
+            ));
+        }
         if r.order_per_bit > MAX_ORDER_PER_BIT {
             return bad(format!(
                 "region '{}' order_per_bit {} > {MAX_ORDER_PER_BIT}",
                 r.name, r.order_per_bit
             ));
         }
-        if r.size == 0 || r.size > MAX_MEMORY || !r.size.is_multiple_of(granule) {
+        if r.size == 0 || r.size > MAX_REGION_SIZE || !r.size.is_multiple_of(granule) {
             return bad(format!(
                 "region '{}' size {:#x} is not a non-zero multiple of its {granule:#x}-byte bits (at most 64 GiB)",
                 r.name, r.size
@@ -390,6 +403,13 @@ fn check_regions(regions: &[RegionSpec]) -> Result<(), CmaError> {
                 "region '{}' base {:#x} is not a page address",
                 r.name, r.base
             ));
+        }
+        // The allocator hands out a range once: two regions over one byte would not.
+        if let Some(o) = regions[..i]
+            .iter()
+            .find(|o| o.base < r.end() && r.base < o.end())
+        {
+            return bad(format!("regions '{}' and '{}' overlap", o.name, r.name));
         }
     }
     Ok(())

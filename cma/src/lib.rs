@@ -26,14 +26,19 @@ mod compact;
 pub mod error;
 pub mod hooks;
 pub mod metrics;
+pub mod region;
 pub mod request;
 
 pub use alloc::Cma;
-pub use chunk::{Chunk, ChunkId, ChunkMoved, MoveListener};
+pub use chunk::{Chunk, ChunkId, ChunkMoved, MoveListener, ParseChunkIdError};
 pub use compact::CompactReport;
 pub use error::CmaError;
 pub use hooks::{Claim, ClaimOutcome, Mover, Release};
-pub use metrics::{LatencySummary, RegionStats, RegionsInfo};
+pub use metrics::{LatencyHistogram, LatencySummary, RegionStats, RegionsInfo};
+pub use region::{
+    ANY_DEVICE, MAX_ORDER_PER_BIT, MAX_REGION_SIZE, MapRule, PAGE_SHIFT, PAGE_SIZE,
+    ParseMapRuleError, RegionSpec, parse_map_rules,
+};
 pub use request::{AllocRequest, DEFAULT_MAX_ATTEMPTS};
 
 #[cfg(test)]
