@@ -17,8 +17,9 @@ use crate::request::{AllocRequest, Placement};
 /// Instance ids, so that a handle from one allocator is refused by another.
 static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(1);
 
-/// The VMM's contiguous memory allocator: one [`Area`] (bitmap + lock) per region.
-/// `Send + Sync`; share it as `Arc<Cma>`.
+/// The allocator over a table of regions: per region a bitmap, a chunk table, counters and
+/// a lock. `Send + Sync`; share it as `Arc<Cma>`. See the [crate documentation](crate) for
+/// the model and an example.
 pub struct Cma {
     instance: u32,
     regions: Vec<RegionSpec>,
@@ -116,6 +117,49 @@ impl Cma {
     }
 
     /// Allocate from the named regions (`"r1,r2"`), tried in order; private regions too.
+    /// This is the v9 series' `cma_alloc_from()`; [`Cma::info_about`] is its
+    /// `cma_info_about()`.
+    ///
+    /// ```
+    /// use cma::{AllocRequest, ClaimOutcome, Cma, CmaError, RegionSpec, parse_map_rules};
+    ///
+    /// const MIB: u64 = 1 << 20;
+    /// let region = |id, name: &str, base, private| RegionSpec {
+    ///     id,
+    ///     name: name.into(),
+    ///     base,
+    ///     size: 4 * MIB,
+    ///     private,
+    ///     order_per_bit: 0,
+    /// };
+    /// let regions = [region(0, "r1", 32 * MIB, false), region(1, "r2", 64 * MIB, true)];
+    /// let cma = Cma::new(&regions, &parse_map_rules("tee=r2; *=r1,r2")?)?;
+    /// let mut evict = |_: &RegionSpec, _gpa: u64, _len: u64| ClaimOutcome::Claimed {
+    ///     pages_migrated: 0,
+    /// };
+    ///
+    /// // r1 first; when it has no room left, r2 (private regions are reachable by name).
+    /// let three = AllocRequest::new(3 * MIB);
+    /// let a = cma.alloc_from("r1,r2", &three, &mut evict)?;
+    /// let b = cma.alloc_from("r1,r2", &three, &mut evict)?;
+    /// assert_eq!((a.region, a.gpa), (0, 32 * MIB));
+    /// assert_eq!((b.region, b.gpa), (1, 64 * MIB));
+    ///
+    /// // Both regions together: 8 MiB, 2 MiB free, at most 1 MiB in one piece.
+    /// let info = cma.info_about("r1,r2")?;
+    /// assert_eq!((info.total, info.free, info.largest_free), (8 * MIB, 2 * MIB, MIB));
+    /// assert_eq!((info.lower_bound, info.upper_bound), (32 * MIB, 68 * MIB));
+    ///
+    /// // Neither has 2 MiB in one piece. When every region fails, the most telling
+    /// // failure is returned (busy, then no space, then too large): here r1's.
+    /// let e = cma.alloc_from("r1,r2", &AllocRequest::new(2 * MIB), &mut evict);
+    /// assert!(matches!(e, Err(CmaError::NoSpace { region, .. }) if region == "r1"));
+    ///
+    /// // Map rules reach the private r2 only for a device they name: "*" skips it.
+    /// assert_eq!(cma.resolve_device("tee")?, [1]);
+    /// assert_eq!(cma.resolve_device("any-device")?, [0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn alloc_from(
         &self,
         names: &str,
@@ -220,7 +264,8 @@ impl Cma {
     }
 
     /// Pin a chunk: compaction no longer moves it. A move already under way is abandoned,
-    /// so the address [`Cma::chunk`] gives after `pin` returns is final.
+    /// so the address [`Cma::chunk`] gives after `pin` returns is final. Example: see
+    /// [`Cma::compact`].
     pub fn pin(&self, id: ChunkId) -> Result<(), CmaError> {
         let area = self.area_of(id)?;
         area.set_pinned(id.serial(), true)

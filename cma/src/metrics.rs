@@ -193,7 +193,7 @@ pub struct RegionStats {
     /// Free latency, release included.
     pub free_latency: LatencySummary,
     /// Host memory the region's allocator state takes (bitmap, summaries, chunk table,
-    /// histograms): the VMM's memory cost of the region.
+    /// histograms): what the region costs its caller in memory.
     pub metadata_bytes: u64,
 }
 

@@ -20,7 +20,7 @@ pub struct AllocRequest {
     pub align: u64,
     /// The chunk starts this many bytes after an `align` boundary (below the alignment).
     pub align_offset: u64,
-    /// Grant the chunk pinned (the default): the VMM never moves it.
+    /// Grant the chunk pinned (the default): compaction never moves it.
     pub pinned: bool,
     /// Claim attempts per region before busy candidates make it give up (0 counts as 1).
     pub max_attempts: u32,
