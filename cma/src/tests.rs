@@ -654,6 +654,13 @@ fn rule6_statistics_count_every_decision() {
     assert_eq!(s.free_latency.count, 3);
     let a = s.alloc_latency;
     assert!(a.min_ns <= a.p50_ns && a.p50_ns <= a.p99_ns && a.p99_ns <= a.max_ns);
+    free_all(&cma);
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn rule6_statistics_serialize_with_their_field_names() {
+    let (cma, _, _) = fragmented();
     let json = serde_json::to_value(cma.stats()).unwrap();
     for key in [
         "name",
@@ -665,6 +672,9 @@ fn rule6_statistics_count_every_decision() {
         assert!(json[0].get(key).is_some(), "{key}");
     }
     assert!(json[0]["alloc_latency"].get("p99_ns").is_some());
+    let c = cma.chunks()[0];
+    let json = serde_json::to_value(c).unwrap();
+    assert_eq!(json["gpa"], c.gpa);
     free_all(&cma);
 }
 
