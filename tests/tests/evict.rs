@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use cma::{AllocRequest, CmaError};
 use cma_tests::vm::TestVm;
 use protocol::page::{MANIFEST_ENTRY_SIZE, ManifestEntry, PAGE_PINNED, PAGE_PRESENT};
-use vmm::cma::{AllocRequest, CmaError};
 use vmm::exercise::GuestCheck;
 use vmm::grant::{CopyMode, GrantError, GrantMode, GrantPolicy, Target};
 use vmm::machine::RunOutcome;

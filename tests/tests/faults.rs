@@ -5,8 +5,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use cma::AllocRequest;
 use cma_tests::vm::TestVm;
-use vmm::cma::AllocRequest;
 use vmm::grant::{CopyMode, GrantError, GrantMode, GrantPolicy, Target};
 
 const M: u64 = 1 << 20;

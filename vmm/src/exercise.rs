@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use protocol::layout::{PAGE_SIZE, PROGRESS_POPULATED};
 
-use crate::cma::AllocRequest;
 use crate::config::format_size;
 use crate::grant::{EvictionsHeld, Grant, GrantMode, Target};
 use crate::integrity::{IntegrityReport, ManifestSnapshot};
 use crate::machine::RunningVmm;
+use cma::AllocRequest;
 
 const SIZES: [u64; 8] = [
     64 << 10,

@@ -28,12 +28,13 @@ use std::time::{Duration, Instant};
 use protocol::msg::Status;
 use serde::Serialize;
 
-use crate::cma::{AllocRequest, Chunk, ChunkId, ClaimOutcome, Cma, CmaError, Mover};
 use crate::config::RegionSpec;
 use crate::devices::virtio::agent::AgentChannel;
+use crate::sync::lock;
 use crate::vstate::memory::MemoryError;
 use crate::vstate::vcpu::{ExitCounters, VcpuControl};
-use crate::vstate::vm::{Vm, lock};
+use crate::vstate::vm::Vm;
+use cma::{AllocRequest, Chunk, ChunkId, ClaimOutcome, Cma, CmaError, Mover};
 
 /// Whether the guest keeps access to a granted chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -485,7 +486,7 @@ impl GrantManager {
     }
 
     /// Move unpinned chunks of `region` to raise its largest free run.
-    pub fn compact(&self, region: u32) -> Result<crate::cma::CompactReport, GrantError> {
+    pub fn compact(&self, region: u32) -> Result<cma::CompactReport, GrantError> {
         let mut mover = GrantMover {
             manager: self,
             moving: None,

@@ -4,18 +4,18 @@
 //! - [`vstate`]: guest memory, KVM memory slots, the VM, vCPUs;
 //! - [`arch`], [`boot`]: 64-bit boot state, the guest image and boot information;
 //! - [`devices`]: port-I/O and MMIO buses, the serial console, platform ports;
-//! - [`cma`]: the CMA allocator (regions, bitmaps, map rules, pin/unpin, compaction);
-//! - [`grant`]: granting chunks to devices: eviction by the guest agent, revocation, scrub;
+//! - [`grant`]: granting chunks to devices: eviction by the guest agent, revocation, scrub
+//!   (the allocator itself is the [`cma`] crate; its claim and release hooks are here);
 //! - [`machine`]: build, run and stop a VM;
 //! - [`cli`], [`commands`]: the `cma-vmm` command line;
-//! - [`api`], [`ctl`]: the runtime control API on a Unix socket, its client, metrics.
+//! - [`api`], [`ctl`]: the runtime control API on a Unix socket, its client, metrics;
+//! - [`sync`]: small helpers (a mutex lock that survives poisoning).
 
 pub mod api;
 pub mod arch;
 pub mod bench;
 pub mod boot;
 pub mod cli;
-pub mod cma;
 pub mod commands;
 pub mod config;
 pub mod ctl;
@@ -26,4 +26,5 @@ pub mod host_cache;
 pub mod integrity;
 pub mod machine;
 pub mod soak;
+pub mod sync;
 pub mod vstate;

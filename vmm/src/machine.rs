@@ -21,8 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::BootEntry;
 use crate::arch::acpi::VirtioMmioDevice;
 use crate::boot::{self, BootDevice, BootError, GuestImage, linux};
-use crate::cma::{Cma, CmaError};
-use crate::config::{GuestKind, ValidConfig};
+use crate::config::{GuestKind, ValidConfig, region_desc};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::platform::{
     ExitPort, PlatformState, ProgressPort, SharedPlatform, monotonic_ns,
@@ -40,10 +39,12 @@ use crate::devices::virtio::mmio::{
     Interrupt, MmioTransport, QUEUE_NOTIFY, RingGuard, VirtioDevice,
 };
 use crate::grant::{GrantManager, GrantPolicy};
+use crate::sync::lock;
 use crate::vstate::memory::{GuestRam, MemoryError};
 use crate::vstate::slots::SlotError;
 use crate::vstate::vcpu::{ExitCounters, Vcpu, VcpuContext, VcpuControl, VcpuStop};
-use crate::vstate::vm::{Vm, VmError, lock, open_kvm};
+use crate::vstate::vm::{Vm, VmError, open_kvm};
+use cma::{Cma, CmaError};
 
 /// Errors of building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -638,7 +639,7 @@ impl AgentSetup {
         let kick = evt()?;
         let channel = AgentChannel::new(kick.try_clone().map_err(os_err("eventfd"))?);
         let taken = cma.clone();
-        let regions: Vec<_> = cma.regions().iter().filter_map(|r| r.desc()).collect();
+        let regions: Vec<_> = cma.regions().iter().filter_map(region_desc).collect();
         let device = Arc::new(Mutex::new(AgentDevice::new(
             vm.ram().clone(),
             &regions,

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cma::{AllocRequest, ChunkId, CmaError};
 use crate::config::{VmConfig, parse_map_rules, parse_region_flag};
 use crate::exercise::check_guest;
 use crate::grant::{Grant, GrantError, GrantMode, GrantPolicy, Target};
 use crate::machine::{RunOutcome, RunningVmm, Vmm, VmmOptions};
+use cma::{AllocRequest, ChunkId, CmaError};
 
 /// What a soak run did.
 #[derive(Debug, Default, Clone, Serialize)]

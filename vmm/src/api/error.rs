@@ -1,8 +1,8 @@
 //! The API's errors and their statuses: every refusal is one of these, answered as
 //! `{"error": "<one line>"}` with the status below.
 
-use crate::cma::CmaError;
 use crate::grant::GrantError;
+use cma::CmaError;
 
 /// Why an API request was refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,7 +86,7 @@ impl From<GrantError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cma::ChunkId;
+    use cma::ChunkId;
 
     #[test]
     fn allocator_errors_map_to_statuses() {

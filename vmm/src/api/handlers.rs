@@ -21,10 +21,10 @@ use super::metrics::MetricsSource;
 use super::request::{AllocBody, no_body, parse_body};
 use super::routes::{Endpoint, Route, RouteError, route};
 use super::server::Service;
-use crate::cma::{Chunk, ChunkId, RegionStats};
 use crate::grant::GrantMode;
 use crate::machine::{BootTimes, RunOutcome, RunningVmm};
-use crate::vstate::vm::lock;
+use crate::sync::lock;
+use cma::{Chunk, ChunkId, RegionStats};
 
 /// A chunk as the API shows it.
 #[derive(Debug, Clone, Serialize)]

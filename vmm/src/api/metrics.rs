@@ -29,15 +29,15 @@ use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::routes::Endpoint;
-use crate::cma::metrics::LatencyHistogram;
-use crate::cma::{LatencySummary, RegionStats};
 use crate::devices::legacy::platform::monotonic_ns;
 use crate::devices::virtio::agent::channel::AgentMetrics;
 use crate::devices::virtio::capture::CaptureMetrics;
 use crate::grant::{GrantManager, GrantMetrics};
 use crate::machine::RunningVmm;
+use crate::sync::lock;
 use crate::vstate::vcpu::ExitCounters;
-use crate::vstate::vm::lock;
+use cma::LatencyHistogram;
+use cma::{LatencySummary, RegionStats};
 
 /// How often `--metrics-path` is rewritten.
 pub const METRICS_PERIOD: Duration = Duration::from_secs(1);
@@ -512,8 +512,8 @@ mod tests {
 
     #[test]
     fn region_sections_come_from_the_allocator() {
-        use crate::cma::Cma;
         use crate::config::RegionSpec;
+        use cma::Cma;
         let spec = RegionSpec {
             id: 0,
             name: "video".into(),

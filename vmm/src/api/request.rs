@@ -18,9 +18,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
-use crate::cma::{AllocRequest, Cma};
 use crate::config::{format_size, parse_size};
 use crate::grant::{GrantMode, Target};
+use cma::{AllocRequest, Cma};
 
 /// The body of `POST /chunks`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -23,8 +23,8 @@ use serde_json::json;
 
 use super::svg::{Chart, Series};
 use super::{CopyRatio, MemcpyBaseline, Stats, boot_vm_with};
-use crate::cma::AllocRequest;
 use crate::grant::{CopyMode, GrantMode, GrantPolicy, Target};
+use cma::AllocRequest;
 
 const MIB: f64 = (1u64 << 20) as f64;
 const GIB: f64 = (1u64 << 30) as f64;

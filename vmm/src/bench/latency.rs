@@ -12,10 +12,10 @@ use serde_json::json;
 
 use super::svg::{Chart, Series};
 use super::{Stats, boot_vm, ms};
-use crate::cma::AllocRequest;
 use crate::config::format_size;
 use crate::grant::{GrantMode, GrantPolicy, Target};
 use crate::machine::RunningVmm;
+use cma::AllocRequest;
 
 /// Chunk sizes measured.
 pub const SIZES: [u64; 8] = [

@@ -36,10 +36,10 @@ use serde_json::json;
 use super::svg::{Chart, Series};
 use super::{Stats, ms};
 use crate::cli::RunArgs;
-use crate::cma::AllocRequest;
 use crate::config::{RegionConfig, VmConfig, format_size};
 use crate::grant::{GrantMode, GrantPolicy, Target};
 use crate::machine::{RunOutcome, Vmm, VmmOptions};
+use cma::AllocRequest;
 
 /// Range sizes measured.
 pub const SIZES: [u64; 2] = [4 << 20, 64 << 20];

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cma::Cma;
 use crate::config::{RegionSpec, format_size};
 use crate::grant::GrantPolicy;
 use crate::machine::{Vmm, VmmOptions};
+use cma::Cma;
 
 use super::svg::{Chart, Series};
 

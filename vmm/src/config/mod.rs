@@ -19,15 +19,17 @@ pub mod size;
 
 use std::path::PathBuf;
 
+/// The allocator's own types: a validated configuration is made of them.
+pub use cma::{ANY_DEVICE, MAX_ORDER_PER_BIT, MapRule, RegionSpec};
 pub use guest::GuestKind;
 use protocol::boot::{MAX_REGIONS, is_valid_name};
 use protocol::layout::{MAX_MEMORY, MIN_MEMORY, PAGE_SIZE};
 pub use size::{format_size, parse_addr, parse_size};
 
-/// The wildcard device pattern of a map rule.
-pub const ANY_DEVICE: &str = "*";
-/// Largest `order_per_bit` accepted (one bitmap bit per 2^16 pages = 256 MiB).
-pub const MAX_ORDER_PER_BIT: u32 = 16;
+// What the configuration accepts, the allocator accepts: same page, regions no larger
+// than guest memory can be.
+const _: () = assert!(cma::PAGE_SIZE == PAGE_SIZE && MAX_MEMORY <= cma::MAX_REGION_SIZE);
+
 /// Most frame-capture devices (the boot information describes 8 devices, one is the agent).
 pub const MAX_CAPTURE_DEVICES: usize = 7;
 /// Most vCPUs accepted.
@@ -314,29 +316,6 @@ impl RegionConfig {
     }
 }
 
-/// A device→regions map rule: the first rule that names a device (or `*`) wins, and its
-/// regions are tried in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MapRule {
-    /// Device names, or [`ANY_DEVICE`].
-    pub devices: Vec<String>,
-    /// Region names, tried in order.
-    pub regions: Vec<String>,
-}
-
-impl MapRule {
-    /// Whether the rule applies to `device`.
-    pub fn matches(&self, device: &str) -> bool {
-        self.devices.iter().any(|d| d == device || d == ANY_DEVICE)
-    }
-}
-
-impl std::fmt::Display for MapRule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}={}", self.devices.join(","), self.regions.join(","))
-    }
-}
-
 /// The whole VM configuration, in any of its three forms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -374,43 +353,20 @@ impl Default for VmConfig {
     }
 }
 
-/// A region after validation and placement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegionSpec {
-    /// Index in the configuration (the id the guest sees).
-    pub id: u32,
-    /// Unique name.
-    pub name: String,
-    /// Guest-physical base (pageblock aligned).
-    pub base: u64,
-    /// Size in bytes (whole pageblocks).
-    pub size: u64,
-    /// Never lent to the guest.
-    pub private: bool,
-    /// One allocator bit per 2^order_per_bit pages.
-    pub order_per_bit: u32,
-}
-
-impl RegionSpec {
-    /// One byte past the region.
-    pub fn end(&self) -> u64 {
-        self.base + self.size
-    }
-
-    /// The region as the guest is told about it (boot information, agent config space).
-    pub fn desc(&self) -> Option<protocol::boot::RegionDesc> {
-        Some(protocol::boot::RegionDesc {
-            id: self.id,
-            flags: if self.private {
-                protocol::boot::REGION_PRIVATE
-            } else {
-                0
-            },
-            base: self.base,
-            size: self.size,
-            name: protocol::boot::Name::new(&self.name)?,
-        })
-    }
+/// A placed region as the guest is told about it (boot information, agent config space);
+/// `None` for a name the boot information cannot carry (validation refuses those).
+pub fn region_desc(r: &RegionSpec) -> Option<protocol::boot::RegionDesc> {
+    Some(protocol::boot::RegionDesc {
+        id: r.id,
+        flags: if r.private {
+            protocol::boot::REGION_PRIVATE
+        } else {
+            0
+        },
+        base: r.base,
+        size: r.size,
+        name: protocol::boot::Name::new(&r.name)?,
+    })
 }
 
 /// A configuration that passed every check, with every region placed.
@@ -694,38 +650,28 @@ pub fn parse_region_flag<'a>(spec: &'a str) -> Result<RegionConfig, ConfigError>
     Ok(region)
 }
 
-/// Parse map rules: `dev[,dev...]=region[,region...]` separated by `;`.
+/// Parse map rules: `dev[,dev...]=region[,region...]` separated by `;` (the allocator's
+/// syntax, [`cma::parse_map_rules`]), every name a valid one, rule by rule.
 pub fn parse_map_rules(s: &str) -> Result<Vec<MapRule>, ConfigError> {
     let mut rules = Vec::new();
-    for rule in s.split(';') {
-        let rule = rule.trim();
-        if rule.is_empty() {
-            continue;
-        }
-        let bad = |reason: &str| ConfigError::BadMapRule {
-            rule: rule.to_string(),
-            reason: reason.to_string(),
-        };
-        let (devs, regs) = rule
-            .split_once('=')
-            .ok_or_else(|| bad("expected dev[,dev...]=region[,region...]"))?;
-        let list =
-            |s: &str| -> Vec<String> { s.split(',').map(|x| x.trim().to_string()).collect() };
-        let devices = list(devs);
-        let regions = list(regs);
-        if devices.iter().chain(&regions).any(|x| x.is_empty()) {
-            return Err(bad("empty device or region name"));
-        }
-        if let Some(r) = regions.iter().find(|r| !is_valid_name(r)) {
+    for text in s.split(';').filter(|r| !r.trim().is_empty()) {
+        let rule: MapRule =
+            text.parse()
+                .map_err(|e: cma::ParseMapRuleError| ConfigError::BadMapRule {
+                    rule: e.rule,
+                    reason: e.reason,
+                })?;
+        if let Some(r) = rule.regions.iter().find(|r| !is_valid_name(r)) {
             return Err(ConfigError::BadName(r.clone()));
         }
-        if let Some(d) = devices
+        if let Some(d) = rule
+            .devices
             .iter()
             .find(|d| d.as_str() != ANY_DEVICE && !is_valid_name(d))
         {
             return Err(ConfigError::BadName(d.clone()));
         }
-        rules.push(MapRule { devices, regions });
+        rules.push(rule);
     }
     Ok(rules)
 }

@@ -383,3 +383,35 @@ fn hostile_files_are_refused_not_crashed_on() {
     let ok = "guest_args = \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\" # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nmemory = \"64M\"";
     assert_eq!(file::parse(ok, "ok.toml").unwrap().memory, 64 << 20);
 }
+
+#[test]
+fn validated_regions_and_rules_build_the_allocator_as_given() {
+    let mut camera = RegionConfig::new("camera", 8 * M);
+    camera.order_per_bit = 2;
+    let mut secret = RegionConfig::new("secret", 4 * M);
+    secret.private = true;
+    let config = VmConfig {
+        regions: vec![RegionConfig::new("video", 16 * M), camera, secret],
+        map: parse_map_rules("video-dev=video;*=camera").unwrap(),
+        ..VmConfig::default()
+    };
+    let valid = config.validate().unwrap();
+    let cma = cma::Cma::new(&valid.regions, &valid.map).unwrap();
+    assert_eq!(cma.regions(), &valid.regions[..]);
+    let stats = cma.stats();
+    assert_eq!((stats[1].granule, stats[1].order_per_bit), (16 << 10, 2));
+    assert!(stats[2].private && !stats[0].private);
+    let mut evicted = |_: &RegionSpec, _, _| cma::ClaimOutcome::Claimed { pages_migrated: 0 };
+    let c = cma
+        .alloc("any", &cma::AllocRequest::new(4096), &mut evicted)
+        .unwrap();
+    assert_eq!((c.region, c.gpa), (1, valid.regions[1].base));
+}
+
+#[test]
+fn region_descriptions_carry_what_the_guest_needs() {
+    let valid = flags_form().validate().unwrap();
+    let desc = region_desc(&valid.regions[1]).unwrap();
+    assert_eq!((desc.id, desc.base, desc.size), (1, 0x800_0000, 32 * M));
+    assert_eq!(desc.flags, 0);
+}

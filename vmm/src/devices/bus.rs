@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::vstate::vm::lock;
+use crate::sync::lock;
 
 /// A device that answers reads and writes in its address range.
 pub trait BusDevice: Send {

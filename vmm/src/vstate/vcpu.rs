@@ -17,9 +17,10 @@ use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
-use super::vm::{Vm, VmError, lock};
+use super::vm::{Vm, VmError};
 use crate::arch;
 use crate::devices::bus::Bus;
+use crate::sync::lock;
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;

@@ -3,7 +3,7 @@
 //! doorbells.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::memory::GuestRam;
 use super::slots::{SlotError, SlotSink, SlotTable};
 use super::vcpu::RamAccess;
+use crate::sync::lock;
 use protocol::layout::{LAPIC_BASE, ram_ranges};
 
 /// Where KVM's TSS and identity-map pages go (needed on Intel; above RAM, below the APIC).
@@ -326,12 +327,6 @@ impl Vm {
             .register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
             .map_err(kvm_err("KVM_IOEVENTFD"))
     }
-}
-
-/// Lock a mutex, recovering the data if a panicking thread poisoned it: our critical
-/// sections leave their data consistent at every step.
-pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::BusDevice;
-use crate::vstate::vm::lock;
+use crate::sync::lock;
 
 /// The host's CLOCK_MONOTONIC in nanoseconds: comparable across processes, so a parent
 /// can time a child VMM from before it was spawned.

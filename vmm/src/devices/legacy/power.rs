@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::platform::SharedPlatform;
 use crate::devices::bus::BusDevice;
-use crate::vstate::vm::lock;
+use crate::sync::lock;
 
 /// The i8042 data port; the command/status port is 4 above it.
 pub const I8042_DATA_PORT: u16 = 0x60;

@@ -10,7 +10,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::BusDevice;
-use crate::vstate::vm::lock;
+use crate::sync::lock;
 
 /// Where console output goes.
 #[derive(Debug, Default)]

@@ -17,8 +17,8 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::BusDevice;
+use crate::sync::lock;
 use crate::vstate::memory::GuestRam;
-use crate::vstate::vm::lock;
 
 /// "virt", little-endian.
 const MAGIC: u32 = 0x7472_6976;

@@ -18,7 +18,7 @@ use protocol::msg::{
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vstate::vm::lock;
+use crate::sync::lock;
 
 /// Most requests queued for the guest at once.
 pub const OUTBOX_CAPACITY: usize = 64;

@@ -7,7 +7,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::AgentDevice;
-use crate::vstate::vm::lock;
+use crate::sync::lock;
 
 /// Subscribes the agent device to its two eventfds.
 pub struct AgentEventHandler {

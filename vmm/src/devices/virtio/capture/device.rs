@@ -22,11 +22,11 @@ use protocol::layout::{PAGE_SIZE, align_up};
 use serde::Serialize;
 use virtio_queue::{Queue, QueueT};
 
-use crate::cma::AllocRequest;
 use crate::devices::virtio::agent::device::DeviceOwned;
 use crate::devices::virtio::mmio::{ActivateError, Interrupt, VirtioDevice};
 use crate::grant::{Grant, GrantManager, GrantMode, Target};
 use crate::vstate::memory::GuestRam;
+use cma::AllocRequest;
 
 /// Queue size of both queues.
 pub const QUEUE_SIZE: u16 = 16;

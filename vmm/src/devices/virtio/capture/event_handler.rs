@@ -9,7 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::device::CaptureDevice;
-use crate::vstate::vm::lock;
+use crate::sync::lock;
 
 /// Interval between frames while streaming.
 pub const FRAME_INTERVAL: Duration = Duration::from_millis(5);

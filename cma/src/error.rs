@@ -1,6 +1,6 @@
 //! The one error type of the CMA allocator.
 
-use super::chunk::ChunkId;
+use crate::chunk::ChunkId;
 
 /// Why a CMA operation was refused or failed. Every argument a caller controls maps to one of
 /// these; nothing in the allocator panics on bad input.

@@ -12,13 +12,14 @@
 //! bits, free runs of 1-128 bits, one in ten up to 4096). Allocations stay live (up to
 //! `LIVE`; then a random one is freed), so first fit packs the low end as it would in use.
 //!
-//! `cargo bench -p vmm --bench cma_alloc [-- --json PATH] [--requests N] [--seed S]
-//! [--fragment chunks|short]`
+//! `cargo bench -p cma --bench cma_alloc [-- --json PATH] [--requests N] [--seed S]
+//! [--fragment chunks|short]`; the JSON report goes to `target/bench/cma_alloc.json` by
+//! default.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use vmm::cma::bitmap::{Bitmap, find_area_naive};
+use cma::bitmap::{Bitmap, find_area_naive};
 
 /// 64 GiB at 4 KiB per bit.
 const NBITS: u64 = (64 << 30) >> 12;
@@ -285,8 +286,6 @@ fn default_json_path() -> String {
     format!("{target}/bench/cma_alloc.json")
 }
 
-use vmm::bench::svg::{Chart, Series};
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
@@ -311,12 +310,10 @@ fn main() {
          seed {seed:#x}; times in µs, ratios of medians (naive over the same requests)"
     );
     let began = Instant::now();
-    let mut charts = Vec::new();
     let results: Vec<serde_json::Value> = models
         .iter()
         .map(|model| {
             let (samples, taken) = run(model, requests, seed);
-            charts.push(chart(model, &samples));
             report(model, &samples, taken)
         })
         .collect();
@@ -327,44 +324,15 @@ fn main() {
         "seed": seed, "naive_every": NAIVE_EVERY, "live_chunks": LIVE, "repeat_below_ns": SHORT_NS,
         "repeat": REPEAT, "seconds": secs, "models": results,
     });
-    match vmm::bench::write_report(std::path::Path::new(&path), &doc, &charts) {
-        Ok(files) => {
-            for f in files {
-                println!("wrote {}", f.display());
-            }
-        }
+    match write_json(std::path::Path::new(&path), &doc) {
+        Ok(()) => println!("wrote {path}"),
         Err(e) => eprintln!("cannot write {path}: {e}"),
     }
 }
 
-/// Median decision time per request class, for the three searches, on a log scale.
-fn chart(model: &str, samples: &[Samples]) -> Chart {
-    let line = |name: &str, pick: &dyn Fn(&Samples) -> f64| Series {
-        name: name.into(),
-        points: samples
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.paired.is_empty())
-            .map(|(i, s)| (i as f64 + 1.0, pick(s)))
-            .collect(),
-    };
-    let p50 = |v: Vec<u64>| percentile(&v, 0.5) as f64 / 1e3;
-    Chart {
-        title: format!("Allocation decision, 64 GiB region, model '{model}'"),
-        x_label: "request class (4K, 64K, 256K, 1M, 2M, 4M, 8M, 32M no-fit)".into(),
-        y_label: "median µs (log)".into(),
-        log_x: false,
-        log_y: true,
-        series: vec![
-            line("bitmap + summary levels", &|s| {
-                p50(s.paired.iter().map(|p| p.0).collect())
-            }),
-            line("bitmap, word at a time", &|s| {
-                p50(s.paired.iter().map(|p| p.1).collect())
-            }),
-            line("naive, bit by bit", &|s| {
-                p50(s.paired.iter().map(|p| p.2).collect())
-            }),
-        ],
+fn write_json(path: &std::path::Path, doc: &serde_json::Value) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
     }
+    std::fs::write(path, serde_json::to_string_pretty(doc)? + "\n")
 }

@@ -18,12 +18,12 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::bitmap::Bitmap;
-use super::chunk::{Chunk, ChunkId, ChunkMoved, MoveListener};
-use super::metrics::{AreaMetrics, RegionStats};
-use super::request::Placement;
-use crate::config::RegionSpec;
-use protocol::layout::PAGE_SHIFT;
+use crate::bitmap::Bitmap;
+use crate::chunk::{Chunk, ChunkId, ChunkMoved, MoveListener};
+use crate::metrics::{AreaMetrics, RegionStats};
+use crate::region::PAGE_SHIFT;
+use crate::region::RegionSpec;
+use crate::request::Placement;
 
 /// One region's allocator state.
 pub(crate) struct Area {

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 /// Sub-buckets per power of two: values are kept within 1/8 (12.5%) of their size.
 const SUB_BITS: u32 = 3;
 const SUB: usize = 1 << SUB_BITS;
@@ -105,7 +103,8 @@ fn bucket_mid(i: usize) -> u64 {
 }
 
 /// A latency summary, in nanoseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct LatencySummary {
     /// Samples.
     pub count: u64,
@@ -142,7 +141,8 @@ pub(crate) struct AreaMetrics {
 
 /// Statistics of one region. The bitmap dump is as large as the bitmap (4 MiB of text for
 /// a 64 GiB region at 4 KiB per bit), as Linux's debugfs `bitmap` file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RegionStats {
     /// Region id.
     pub id: u32,
@@ -168,7 +168,7 @@ pub struct RegionStats {
     pub chunks: u64,
     /// The bitmap as hex ([`super::bitmap::Bitmap::to_hex`]); left out of the JSON when
     /// emptied (the control API's region list does, to keep it small).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "String::is_empty"))]
     pub bitmap: String,
     /// Allocations granted from this region.
     pub allocs_ok: u64,
@@ -193,12 +193,13 @@ pub struct RegionStats {
     /// Free latency, release included.
     pub free_latency: LatencySummary,
     /// Host memory the region's allocator state takes (bitmap, summaries, chunk table,
-    /// histograms): the VMM's memory cost of the region.
+    /// histograms): what the region costs its caller in memory.
     pub metadata_bytes: u64,
 }
 
 /// What `info_about("r1,r2")` reports over a set of regions (the v9 `cma_info`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RegionsInfo {
     /// Regions counted.
     pub regions: u32,

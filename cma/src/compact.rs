@@ -13,16 +13,15 @@
 //!  finish_move  clear the old range       chunk: Granted; then tell its listener
 //! ```
 
-use serde::Serialize;
-
-use super::alloc::Cma;
-use super::area::Area;
-use super::error::CmaError;
-use super::hooks::{ClaimOutcome, Mover};
-use crate::config::RegionSpec;
+use crate::alloc::Cma;
+use crate::area::Area;
+use crate::error::CmaError;
+use crate::hooks::{ClaimOutcome, Mover};
+use crate::region::RegionSpec;
 
 /// What one compaction did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CompactReport {
     /// Region id.
     pub region: u32,
@@ -55,6 +54,74 @@ enum Move {
 impl Cma {
     /// Move the region's unpinned chunks, lowest first, each to the first fit below it that
     /// opens a larger free run than the one it fills, so the largest free run never shrinks.
+    ///
+    /// Each move goes through the [`Mover`]: claim the destination from the guest, copy the
+    /// chunk, release the old range; then the chunk's [move
+    /// listener](Cma::set_move_listener) hears of it. Pinned chunks (the default for
+    /// [`AllocRequest`](crate::AllocRequest)) stay where they are.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// use cma::{AllocRequest, ClaimOutcome, Cma, Mover, RegionSpec};
+    ///
+    /// /// Claims every destination; records the copies it is asked for.
+    /// #[derive(Default)]
+    /// struct Copier {
+    ///     copies: Vec<(u64, u64, u64)>,
+    /// }
+    ///
+    /// impl Mover for Copier {
+    ///     fn claim(&mut self, _: &RegionSpec, _gpa: u64, _len: u64) -> ClaimOutcome {
+    ///         ClaimOutcome::Claimed { pages_migrated: 0 }
+    ///     }
+    ///     fn copy(&mut self, from: u64, to: u64, len: u64) -> Result<(), String> {
+    ///         self.copies.push((from, to, len));
+    ///         Ok(())
+    ///     }
+    ///     fn release(&mut self, _: &RegionSpec, _gpa: u64, _len: u64) {}
+    /// }
+    ///
+    /// const MIB: u64 = 1 << 20;
+    /// let region = RegionSpec {
+    ///     id: 0,
+    ///     name: "video".into(),
+    ///     base: 32 * MIB,
+    ///     size: 8 * MIB,
+    ///     private: false,
+    ///     order_per_bit: 0,
+    /// };
+    /// let cma = Cma::new(&[region], &[])?;
+    /// let mut evict = |_: &RegionSpec, _gpa: u64, _len: u64| ClaimOutcome::Claimed {
+    ///     pages_migrated: 0,
+    /// };
+    /// let two = AllocRequest::new(2 * MIB);
+    /// let a = cma.alloc_from("video", &two.unpinned(), &mut evict)?; // [32, 34) MiB
+    /// let b = cma.alloc_from("video", &two, &mut evict)?; //            [34, 36), pinned
+    /// let c = cma.alloc_from("video", &two.unpinned(), &mut evict)?; // [36, 38)
+    /// cma.free(a.id, &mut |_: &RegionSpec, _gpa: u64, _len: u64| {})?;
+    /// assert_eq!(cma.stats()[0].largest_free, 2 * MIB); // [32, 34) and [38, 40)
+    ///
+    /// // c's owner wants to hear where its buffer went.
+    /// let (tx, moves) = mpsc::channel();
+    /// cma.set_move_listener(c.id, Box::new(move |m| tx.send(m).unwrap()))?;
+    ///
+    /// let mut mover = Copier::default();
+    /// let report = cma.compact(0, &mut mover)?;
+    /// assert_eq!(report.chunks_moved, 1);
+    /// assert_eq!(report.largest_free_after, 4 * MIB); // [36, 40)
+    /// assert_eq!(mover.copies, [(36 * MIB, 32 * MIB, 2 * MIB)]);
+    /// assert_eq!(moves.try_recv()?.new_gpa, 32 * MIB);
+    /// assert_eq!(cma.chunk(c.id).map(|c| c.gpa), Some(32 * MIB));
+    /// assert_eq!(cma.chunk(b.id).map(|b| b.gpa), Some(34 * MIB)); // pinned: stayed
+    ///
+    /// // Unpinned b could go down now, but there is no better place for it; pinning c
+    /// // again makes its address final.
+    /// cma.unpin(b.id)?;
+    /// cma.pin(c.id)?;
+    /// assert_eq!(cma.compact(0, &mut mover)?.chunks_moved, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn compact(&self, region: u32, mover: &mut dyn Mover) -> Result<CompactReport, CmaError> {
         let area = self.area(region)?;
         let spec = &self.regions()[region as usize];

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use super::test_utils::*;
 use super::*;
-use crate::config::{MapRule, RegionConfig, RegionSpec, VmConfig, parse_map_rules};
+use crate::region::{MapRule, RegionSpec, parse_map_rules};
+use crate::test_utils::*;
 
 fn alloc_ok(cma: &Cma, names: &str, req: AllocRequest) -> Chunk {
     let c = cma
@@ -25,23 +25,22 @@ fn free_all(cma: &Cma) {
     assert!(cma.is_empty());
 }
 
-// Rule 1: regions from the configuration.
+// Rule 1: regions as the caller placed them.
 
 #[test]
-fn rule1_regions_come_from_the_validated_config() {
-    let mut camera = RegionConfig::new("camera", 8 * MIB);
-    camera.order_per_bit = 2;
-    let mut secret = RegionConfig::new("secret", 4 * MIB);
+fn rule1_regions_are_taken_as_given() {
+    let mut secret = region(2, "secret", 48 * MIB, 4 * MIB, 0);
     secret.private = true;
-    let config = VmConfig {
-        regions: vec![RegionConfig::new("video", 16 * MIB), camera, secret],
-        map: parse_map_rules("video-dev=video;*=camera").unwrap(),
-        ..VmConfig::default()
-    };
-    let valid = config.validate().unwrap();
-    let cma = Cma::new(&valid.regions, &valid.map).unwrap();
-    assert_eq!(cma.regions(), &valid.regions[..]);
-    assert_eq!(cma.region(1), Some(&valid.regions[1]));
+    let regions = vec![
+        region(0, "video", 16 * MIB, 16 * MIB, 0),
+        region(1, "camera", 40 * MIB, 8 * MIB, 2),
+        secret,
+    ];
+    let map = parse_map_rules("video-dev=video;*=camera").unwrap();
+    let cma = Cma::new(&regions, &map).unwrap();
+    assert_eq!(cma.regions(), &regions[..]);
+    assert_eq!(cma.region(1), Some(&regions[1]));
+    assert_eq!(cma.region(3), None);
     let stats = cma.stats();
     assert_eq!((stats[1].granule, stats[1].order_per_bit), (16 << 10, 2));
     assert!(stats[2].private && !stats[0].private);
@@ -49,10 +48,7 @@ fn rule1_regions_come_from_the_validated_config() {
     let c = cma
         .alloc("any", &AllocRequest::new(4096), &mut claimed())
         .unwrap();
-    assert_eq!(
-        (c.region, c.gpa, c.len),
-        (1, valid.regions[1].base, 16 << 10)
-    );
+    assert_eq!((c.region, c.gpa, c.len), (1, regions[1].base, 16 << 10));
     free_all(&cma);
 }
 
@@ -71,7 +67,16 @@ fn rule1_unusable_region_tables_are_refused() {
         (vec![region(0, "a", 4 * MIB, 128 << 30, 0)], vec![]),
         (vec![region(0, "a", u64::MAX - 4095, 4 * MIB, 0)], vec![]),
         (vec![region(0, "a", 4 * MIB + 1, 4 * MIB, 0)], vec![]),
-        (vec![ok], vec![rule(&["*"], &["nope"])]),
+        (vec![ok.clone()], vec![rule(&["*"], &["nope"])]),
+        // Names that a list ("r1,r2") or a rule could not spell.
+        (vec![region(0, "", 4 * MIB, 4 * MIB, 0)], vec![]),
+        (vec![region(0, "a,b", 4 * MIB, 4 * MIB, 0)], vec![]),
+        (vec![region(0, " a", 4 * MIB, 4 * MIB, 0)], vec![]),
+        (vec![region(0, "a=b", 4 * MIB, 4 * MIB, 0)], vec![]),
+        (
+            vec![ok.clone(), region(1, "b", 6 * MIB, 4 * MIB, 0)],
+            vec![],
+        ),
     ];
     for (regions, map) in cases {
         let e = Cma::new(&regions, &map).err();
@@ -649,6 +654,13 @@ fn rule6_statistics_count_every_decision() {
     assert_eq!(s.free_latency.count, 3);
     let a = s.alloc_latency;
     assert!(a.min_ns <= a.p50_ns && a.p50_ns <= a.p99_ns && a.p99_ns <= a.max_ns);
+    free_all(&cma);
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn rule6_statistics_serialize_with_their_field_names() {
+    let (cma, _, _) = fragmented();
     let json = serde_json::to_value(cma.stats()).unwrap();
     for key in [
         "name",
@@ -660,6 +672,9 @@ fn rule6_statistics_count_every_decision() {
         assert!(json[0].get(key).is_some(), "{key}");
     }
     assert!(json[0]["alloc_latency"].get("p99_ns").is_some());
+    let c = cma.chunks()[0];
+    let json = serde_json::to_value(c).unwrap();
+    assert_eq!(json["gpa"], c.gpa);
     free_all(&cma);
 }
 

@@ -2,11 +2,10 @@
 
 use std::fmt;
 
-use serde::Serialize;
-
 /// The handle of a granted chunk. It names the allocator instance, the region and a serial
 /// number, so that a handle from another instance or region is recognised, never misread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ChunkId {
     instance: u32,
     region: u32,
@@ -81,7 +80,8 @@ fn decimal<T: std::str::FromStr>(s: &str) -> Option<T> {
 }
 
 /// A granted chunk as its owner sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Chunk {
     /// The handle.
     pub id: ChunkId,
@@ -96,7 +96,8 @@ pub struct Chunk {
 }
 
 /// What a move listener is told when compaction has moved its chunk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ChunkMoved {
     /// The chunk.
     pub id: ChunkId,

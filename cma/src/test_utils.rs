@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use super::{Claim, ClaimOutcome, Cma, Mover};
-use crate::config::{MapRule, RegionSpec};
+use crate::region::{MapRule, RegionSpec};
 
 pub const MIB: u64 = 1 << 20;
 

@@ -7,9 +7,9 @@ use std::thread;
 
 use proptest::prelude::*;
 
-use super::test_utils::*;
 use super::*;
-use crate::config::RegionSpec;
+use crate::region::RegionSpec;
+use crate::test_utils::*;
 
 /// What the guest answers to one claim.
 #[derive(Debug, Clone)]

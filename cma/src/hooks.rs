@@ -4,7 +4,7 @@
 //! The allocator calls every one of them with no lock held: a claim waits for the guest,
 //! for up to seconds, and may call back into the allocator.
 
-use crate::config::RegionSpec;
+use crate::region::RegionSpec;
 
 /// The answer of a claim: the guest evicted the range, or could not.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,10 +2,10 @@
 //! alignment mask and an alignment offset (Linux's `cma_bitmap_pages_to_bits`,
 //! `cma_bitmap_aligned_mask` and `cma_bitmap_aligned_offset`).
 
-use protocol::layout::PAGE_SIZE;
+use crate::region::PAGE_SIZE;
 
-use super::error::CmaError;
-use crate::config::RegionSpec;
+use crate::error::CmaError;
+use crate::region::RegionSpec;
 
 /// Claim attempts per region before busy candidates make an allocation give up. Linux
 /// retries until the area is exhausted; our claims wait for a guest, so we bound them.
@@ -20,7 +20,7 @@ pub struct AllocRequest {
     pub align: u64,
     /// The chunk starts this many bytes after an `align` boundary (below the alignment).
     pub align_offset: u64,
-    /// Grant the chunk pinned (the default): the VMM never moves it.
+    /// Grant the chunk pinned (the default): compaction never moves it.
     pub pinned: bool,
     /// Claim attempts per region before busy candidates make it give up (0 counts as 1).
     pub max_attempts: u32,

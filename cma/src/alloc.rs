@@ -4,21 +4,22 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use protocol::layout::{MAX_MEMORY, PAGE_SIZE};
+use crate::region::{MAX_REGION_SIZE, PAGE_SIZE};
 
-use super::area::{Area, Refusal};
-use super::chunk::{Chunk, ChunkId, MoveListener};
-use super::error::CmaError;
-use super::hooks::{Claim, ClaimOutcome, Release};
-use super::metrics::{RegionStats, RegionsInfo};
-use super::request::{AllocRequest, Placement};
-use crate::config::{ANY_DEVICE, MAX_ORDER_PER_BIT, MapRule, RegionSpec};
+use crate::area::{Area, Refusal};
+use crate::chunk::{Chunk, ChunkId, MoveListener};
+use crate::error::CmaError;
+use crate::hooks::{Claim, ClaimOutcome, Release};
+use crate::metrics::{RegionStats, RegionsInfo};
+use crate::region::{ANY_DEVICE, MAX_ORDER_PER_BIT, MapRule, RegionSpec};
+use crate::request::{AllocRequest, Placement};
 
 /// Instance ids, so that a handle from one allocator is refused by another.
 static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(1);
 
-/// The VMM's contiguous memory allocator: one [`Area`] (bitmap + lock) per region.
-/// `Send + Sync`; share it as `Arc<Cma>`.
+/// The allocator over a table of regions: per region a bitmap, a chunk table, counters and
+/// a lock. `Send + Sync`; share it as `Arc<Cma>`. See the [crate documentation](crate) for
+/// the model and an example.
 pub struct Cma {
     instance: u32,
     regions: Vec<RegionSpec>,
@@ -116,6 +117,49 @@ impl Cma {
     }
 
     /// Allocate from the named regions (`"r1,r2"`), tried in order; private regions too.
+    /// This is the v9 series' `cma_alloc_from()`; [`Cma::info_about`] is its
+    /// `cma_info_about()`.
+    ///
+    /// ```
+    /// use cma::{AllocRequest, ClaimOutcome, Cma, CmaError, RegionSpec, parse_map_rules};
+    ///
+    /// const MIB: u64 = 1 << 20;
+    /// let region = |id, name: &str, base, private| RegionSpec {
+    ///     id,
+    ///     name: name.into(),
+    ///     base,
+    ///     size: 4 * MIB,
+    ///     private,
+    ///     order_per_bit: 0,
+    /// };
+    /// let regions = [region(0, "r1", 32 * MIB, false), region(1, "r2", 64 * MIB, true)];
+    /// let cma = Cma::new(&regions, &parse_map_rules("tee=r2; *=r1,r2")?)?;
+    /// let mut evict = |_: &RegionSpec, _gpa: u64, _len: u64| ClaimOutcome::Claimed {
+    ///     pages_migrated: 0,
+    /// };
+    ///
+    /// // r1 first; when it has no room left, r2 (private regions are reachable by name).
+    /// let three = AllocRequest::new(3 * MIB);
+    /// let a = cma.alloc_from("r1,r2", &three, &mut evict)?;
+    /// let b = cma.alloc_from("r1,r2", &three, &mut evict)?;
+    /// assert_eq!((a.region, a.gpa), (0, 32 * MIB));
+    /// assert_eq!((b.region, b.gpa), (1, 64 * MIB));
+    ///
+    /// // Both regions together: 8 MiB, 2 MiB free, at most 1 MiB in one piece.
+    /// let info = cma.info_about("r1,r2")?;
+    /// assert_eq!((info.total, info.free, info.largest_free), (8 * MIB, 2 * MIB, MIB));
+    /// assert_eq!((info.lower_bound, info.upper_bound), (32 * MIB, 68 * MIB));
+    ///
+    /// // Neither has 2 MiB in one piece. When every region fails, the most telling
+    /// // failure is returned (busy, then no space, then too large): here r1's.
+    /// let e = cma.alloc_from("r1,r2", &AllocRequest::new(2 * MIB), &mut evict);
+    /// assert!(matches!(e, Err(CmaError::NoSpace { region, .. }) if region == "r1"));
+    ///
+    /// // Map rules reach the private r2 only for a device they name: "*" skips it.
+    /// assert_eq!(cma.resolve_device("tee")?, [1]);
+    /// assert_eq!(cma.resolve_device("any-device")?, [0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn alloc_from(
         &self,
         names: &str,
@@ -220,7 +264,8 @@ impl Cma {
     }
 
     /// Pin a chunk: compaction no longer moves it. A move already under way is abandoned,
-    /// so the address [`Cma::chunk`] gives after `pin` returns is final.
+    /// so the address [`Cma::chunk`] gives after `pin` returns is final. Example: see
+    /// [`Cma::compact`].
     pub fn pin(&self, id: ChunkId) -> Result<(), CmaError> {
         let area = self.area_of(id)?;
         area.set_pinned(id.serial(), true)
@@ -362,7 +407,9 @@ fn busy(spec: &RegionSpec, attempts: u32, at: u64) -> CmaError {
     }
 }
 
-/// What the allocator needs of a region table beyond the configuration's own checks.
+/// What the allocator needs of a region table: whatever declared the regions may have
+/// checked more (placement in guest RAM, pageblock alignment), but these hold or nothing
+/// is built.
 fn check_regions(regions: &[RegionSpec]) -> Result<(), CmaError> {
     let bad = |s: String| Err(CmaError::BadRegionTable(s));
     for (i, r) in regions.iter().enumerate() {
@@ -373,13 +420,24 @@ fn check_regions(regions: &[RegionSpec]) -> Result<(), CmaError> {
         if regions[..i].iter().any(|o| o.name == r.name) {
             return bad(format!("duplicate region name '{}'", r.name));
         }
+        // Names travel in lists ("r1,r2") and rules ("dev=r1,r2"), trimmed: a name those
+        // cannot spell would be a region nobody can allocate from by name.
+        if r.name.is_empty()
+            || r.name.contains([',', ';', '='])
+            || r.name.contains(char::is_whitespace)
+        {
+            return bad(format!(
+                "region name '{}' is empty or contains ',', ';', '=' or white space",
+                r.name
+            ));
+        }
         if r.order_per_bit > MAX_ORDER_PER_BIT {
             return bad(format!(
                 "region '{}' order_per_bit {} > {MAX_ORDER_PER_BIT}",
                 r.name, r.order_per_bit
             ));
         }
-        if r.size == 0 || r.size > MAX_MEMORY || !r.size.is_multiple_of(granule) {
+        if r.size == 0 || r.size > MAX_REGION_SIZE || !r.size.is_multiple_of(granule) {
             return bad(format!(
                 "region '{}' size {:#x} is not a non-zero multiple of its {granule:#x}-byte bits (at most 64 GiB)",
                 r.name, r.size
@@ -390,6 +448,13 @@ fn check_regions(regions: &[RegionSpec]) -> Result<(), CmaError> {
                 "region '{}' base {:#x} is not a page address",
                 r.name, r.base
             ));
+        }
+        // The allocator hands out a range once: two regions over one byte would not.
+        if let Some(o) = regions[..i]
+            .iter()
+            .find(|o| o.base < r.end() && r.base < o.end())
+        {
+            return bad(format!("regions '{}' and '{}' overlap", o.name, r.name));
         }
     }
     Ok(())
