@@ -25,6 +25,8 @@
 #                        that size, aligned to it, one after the other from the start of
 #                        REGION; one line each:
 #                          cma-bench: contig size=S ns=N ret=R in_use=P migrated=M
+#   cmatest.vmem=SIZE    virtio-mem mode: how much memory the device plugs (waited for
+#                        in ZONE_MOVABLE before the fill; default: the fill)
 #   cmatest.warm=1       after the fill, touch every free page once (a tmpfs file of
 #                        nearly all free memory, then deleted), so that pages migrations
 #                        later land in are already backed by the host and mapped by the
@@ -97,6 +99,7 @@ PINS=
 BENCH=
 BENCH_SIZES=
 BENCH_RUNS=1
+VMEM=
 WARM=0
 TIMEOUT=60
 for word in $(cat /proc/cmdline); do
@@ -111,6 +114,8 @@ for word in $(cat /proc/cmdline); do
 	cmatest.bench_sizes=*) BENCH_SIZES=${word#*=} ;;
 	cmatest.bench_runs=*) BENCH_RUNS=${word#*=}
 		case $BENCH_RUNS in *[!0-9]* | "") fail 10 "bad $word" ;; esac ;;
+	cmatest.vmem=*) VMEM=$(to_bytes "${word#*=}") || true
+		[ -n "$VMEM" ] || fail 10 "bad $word" ;;
 	cmatest.warm=*) WARM=${word#*=}
 		case $WARM in 0 | 1) ;; *) fail 10 "bad $word (0 or 1)" ;; esac ;;
 	cmatest.timeout=*) TIMEOUT=${word#*=}
@@ -166,10 +171,11 @@ fill() {
 if [ "$MODE" = virtio-mem ]; then
 	load_modules virtio-mem
 	[ -n "$FILL" ] || fail 10 "cmatest.mode=virtio-mem needs cmatest.fill"
+	# Wait for the plugged memory (cmatest.vmem, else the fill) to be online and movable.
 	i=0
 	while :; do
 		set -- $(movable_zone)
-		[ $(($1 * 4096)) -ge "$FILL" ] && break
+		[ $(($1 * 4096)) -ge "${VMEM:-$FILL}" ] && break
 		i=$((i + 1))
 		[ $i -le $((TIMEOUT * 5)) ] || fail 13 "virtio-mem memory did not come up movable ($(mib $(($1 * 4096)))M)"
 		sleep 0.2
@@ -243,8 +249,11 @@ done
 [ -n "$PINS" ] && say "pinned: $(tr '\n' ' ' <$CMA/pinned)"
 
 if [ "$WARM" = 1 ]; then
-	# Leave 48M free: the kernel must not reclaim or OOM while we hold the rest.
-	warm=$(($(awk '/^MemFree:/ { print $2 }' /proc/meminfo) / 1024 - 48))
+	# Leave 48M and a tenth of what is free untouched: tmpfs pages cannot be reclaimed, and
+	# the kernel's watermarks and per-zone reserves grow with memory (a 1.75G guest that
+	# kept only 48M free ran out of memory here and panicked).
+	free=$(($(awk '/^MemFree:/ { print $2 }' /proc/meminfo) / 1024))
+	warm=$((free - 48 - free / 10))
 	if [ $warm -gt 0 ]; then
 		mkdir -p /warm
 		mount -t tmpfs -o size=${warm}m tmpfs /warm &&
