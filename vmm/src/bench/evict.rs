@@ -7,7 +7,7 @@
 //! (measured inside the agent device, checks excluded), and VM exits per allocation.
 //!
 //! The headline is the VMM copy with destinations already backed (`--prealloc`) against
-//! [`MemcpyBaseline`]: the same 1024 pages, both sides backed and cold (the caches are
+//! [`MemcpyBaseline`]: 1024 pages of the same guest memory, both sides backed and cold (the caches are
 //! flushed before each Migrate copy and before each baseline copy), one baseline sample
 //! right after each eviction; the ratio is given with its spread over runs. A copy cannot
 //! beat memcpy of the same bytes: if it does in every run, the bench reports a bug in its
@@ -52,12 +52,11 @@ fn run_series(
     chunk: u64,
     runs: usize,
     prealloc: bool,
-    mut baseline: Option<&mut MemcpyBaseline>,
+    baseline: Option<&MemcpyBaseline>,
 ) -> Result<Series1, String> {
-    let region = format!(
-        "name=e,size={}",
-        (chunk * runs as u64).next_multiple_of(2 << 20)
-    );
+    // One chunk more with a baseline: the first baseline copy's destination.
+    let chunks = runs as u64 + u64::from(baseline.is_some());
+    let region = format!("name=e,size={}", (chunk * chunks).next_multiple_of(2 << 20));
     let policy = GrantPolicy {
         copy,
         evict_timeout: Duration::from_secs(600),
@@ -87,19 +86,29 @@ fn run_series(
         .cold_copies
         .store(cold, Ordering::Relaxed);
     let mut live = Vec::new();
+    let alloc = || {
+        g.alloc(
+            &Target::Regions("e".into()),
+            &AllocRequest::new(chunk),
+            GrantMode::Exclusive,
+        )
+        .map_err(|e| e.to_string())
+    };
+    // The baseline copies each new chunk onto the one before: both the bench's own.
+    let mut previous = None;
+    if baseline.is_some() {
+        let (spare, report) = alloc()?;
+        previous = Some(report.chunk.gpa);
+        live.push(spare);
+    }
     for _ in 0..runs {
         let (ns0, backing0, pages0) = (
             metrics.copy_ns.load(Ordering::Relaxed),
             metrics.backing_ns.load(Ordering::Relaxed),
             metrics.pages_copied.load(Ordering::Relaxed),
         );
-        let (grant, r) = g
-            .alloc(
-                &Target::Regions("e".into()),
-                &AllocRequest::new(chunk),
-                GrantMode::Exclusive,
-            )
-            .map_err(|e| e.to_string())?;
+        let (grant, r) = alloc()?;
+        let gpa = r.chunk.gpa;
         live.push(grant);
         let copied = metrics.pages_copied.load(Ordering::Relaxed) - pages0;
         let ns = metrics.copy_ns.load(Ordering::Relaxed) - ns0;
@@ -114,8 +123,12 @@ fn run_series(
         }
         out.exits.push(r.exits as f64);
         out.pages.push(r.pages_migrated as f64);
-        if let Some(b) = baseline.as_deref_mut() {
-            out.baseline.push(b.sample());
+        if let (Some(b), Some(dst)) = (baseline, previous) {
+            let gib_s = b
+                .sample(vm.vm().ram(), gpa, dst)
+                .ok_or("the baseline's chunks are not guest RAM")?;
+            out.baseline.push(gib_s);
+            previous = Some(gpa);
         }
     }
     for grant in live {
@@ -135,9 +148,9 @@ fn native_logic_ns() -> Option<f64> {
 /// Run the eviction benchmark; the JSON report and its charts.
 pub fn run(runs: usize) -> Result<(serde_json::Value, Vec<Chart>), String> {
     const CHUNK: u64 = 4 << 20;
-    let mut baseline = MemcpyBaseline::new((CHUNK / PAGE_SIZE) as usize);
+    let baseline = MemcpyBaseline::new((CHUNK / PAGE_SIZE) as usize);
     let host = run_series(CopyMode::Host, CHUNK, runs, false, None)?;
-    let pre = run_series(CopyMode::Host, CHUNK, runs, true, Some(&mut baseline))?;
+    let pre = run_series(CopyMode::Host, CHUNK, runs, true, Some(&baseline))?;
     let memcpy = Stats::of(&pre.baseline);
     let pre_copy = Stats::of(&pre.vmm_copy);
     let ratio = CopyRatio::of(&pre.vmm_copy, &pre.baseline);
