@@ -282,8 +282,8 @@ impl Workload {
         Ok(done)
     }
 
-    /// Pin up to `count` present, unpinned pages (as a driver pins pages for I/O: they
-    /// now refuse to migrate). Returns the number pinned.
+    /// Pin up to `count` present, unpinned pages in lent memory (as a driver pins pages for
+    /// I/O: they now refuse to migrate). Returns the number pinned.
     pub fn pin<H: PhysMem>(&mut self, mm: &mut Mm, hw: &mut H, count: u32) -> u32 {
         let mut cursor = self.pin_cursor;
         let done = self.for_some(
@@ -292,7 +292,14 @@ impl Workload {
             count,
             |e| e.flags == PAGE_PRESENT,
             |wl, hw, id, mut e| {
-                if mm.pin(Pfn::of_gpa(e.gpa)).is_err() {
+                // Only pages in lent memory: a pin elsewhere never meets an eviction (and
+                // evictions move pages out of lent memory, so over a long run most
+                // workload pages end up elsewhere).
+                let lent = mm
+                    .lent_regions()
+                    .iter()
+                    .any(|r| r.contains(e.gpa, e.gpa.saturating_add(PAGE_SIZE)));
+                if !lent || mm.pin(Pfn::of_gpa(e.gpa)).is_err() {
                     return false;
                 }
                 e.flags |= PAGE_PINNED;
