@@ -64,7 +64,7 @@ pub struct ManifestSnapshot {
 }
 
 impl ManifestSnapshot {
-    /// Read the manifest `report` points at (at most [`MAX_ENTRIES`] entries).
+    /// Read the manifest `report` points at (at most `MAX_ENTRIES` entries).
     pub fn read(ram: &GuestRam, report: &Report) -> Self {
         let entries = report.manifest_len.min(MAX_ENTRIES);
         let mut manifest = vec![0u8; (entries as usize) * MANIFEST_ENTRY_SIZE];

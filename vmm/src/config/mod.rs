@@ -3,7 +3,7 @@
 //! Three forms give the same [`VmConfig`]:
 //! - command-line flags: `--memory 256M --cma name=video,size=64M,align=1M
 //!   --cma-map 'video-dev=video;*=camera'` ([`parse_region_flag`], [`parse_map_rules`]);
-//! - a TOML file (`--config vm.toml`, [`file`]);
+//! - a TOML file (`--config vm.toml`, [`mod@file`]);
 //! - the original Linux CMA patches' syntax in one string:
 //!   `cma=video=64M/1M;camera=32M@0x8000000 cma_map=video-dev=video;*=camera`
 //!   ([`cmdline`]).

@@ -1,7 +1,7 @@
 //! The agent device: two virtqueues between the VMM and the guest agent.
 //!
 //! - hostq (queue 0): the guest posts device-writable buffers; the VMM writes one request
-//!   ([`HostMsg`], 64 bytes) into each and returns it through the used ring.
+//!   ([`protocol::msg::HostMsg`], 64 bytes) into each and returns it through the used ring.
 //! - guestq (queue 1): the guest posts `[message][payload?][ack]` chains; the VMM handles
 //!   the message (answers are routed to their waiters, Migrate pairs are copied at host
 //!   speed) and writes a 16-byte [`Ack`].
