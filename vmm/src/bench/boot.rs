@@ -8,7 +8,7 @@ use std::process::Stdio;
 use serde_json::json;
 
 use super::Stats;
-use super::svg::{Chart, Series};
+use super::svg::{Chart, Series, Style};
 use crate::cli::RunArgs;
 use crate::devices::legacy::platform::monotonic_ns;
 use crate::machine::BootTimes;
@@ -107,18 +107,20 @@ pub fn run(run: &RunArgs, runs: usize) -> Result<(serde_json::Value, Vec<Chart>)
     });
     let per_run = |name: &str, v: &[f64]| Series {
         name: name.into(),
-        points: v
-            .iter()
-            .enumerate()
-            .map(|(i, y)| (i as f64 + 1.0, *y))
-            .collect(),
+        values: v.to_vec(),
     };
     let chart = Chart {
-        title: "Boot time per run (nested KVM)".into(),
+        title: "Boot time per run: process start to each guest milestone".into(),
+        subtitle: format!(
+            "bench boot: {runs} runs of cma-vmm run, {} guest memory, {} CMA region(s); nested KVM wall time",
+            crate::config::format_size(run.config.memory),
+            run.config.regions.len()
+        ),
         x_label: "run".into(),
-        y_label: "ms from process start".into(),
-        log_x: false,
+        categories: super::svg::run_numbers(runs),
+        y_label: "time from process start (ms)".into(),
         log_y: false,
+        style: Style::Lines,
         series: vec![
             per_run("first guest instruction", &entered),
             per_run("boot info parsed", &ready),

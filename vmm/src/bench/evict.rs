@@ -21,7 +21,7 @@ use std::time::Duration;
 use protocol::layout::PAGE_SIZE;
 use serde_json::json;
 
-use super::svg::{Chart, Series};
+use super::svg::{Chart, Series, Style};
 use super::{CopyRatio, MemcpyBaseline, Stats, boot_vm_with};
 use crate::grant::{CopyMode, GrantMode, GrantPolicy, Target};
 use cma::AllocRequest;
@@ -247,33 +247,26 @@ pub fn run(runs: usize) -> Result<(serde_json::Value, Vec<Chart>), String> {
         },
         "hardware_projection": projection,
     });
+    let gib = |mib: &[f64]| mib.iter().map(|m| m / 1024.0).collect::<Vec<_>>();
     let chart = Chart {
-        title: "Eviction copy per run vs host memcpy of the same pages (populated 4 MiB chunks)"
-            .into(),
+        title: "Eviction copy throughput per run vs host memcpy of the same pages".into(),
+        subtitle: format!(
+            "bench evict: {runs} runs, populated 4 MiB chunks (guest copy: 128 KiB); end-to-end figures are nested KVM wall time"
+        ),
         x_label: "run".into(),
-        y_label: "GiB/s (log)".into(),
-        log_x: false,
+        categories: super::svg::run_numbers(runs),
+        y_label: "throughput (GiB/s, log scale)".into(),
         log_y: true,
+        style: Style::Lines,
         series: vec![
             numbered("host memcpy baseline (same pages, cold)", &pre.baseline),
             numbered("VMM copy, destinations backed", &pre.vmm_copy),
             numbered("VMM copy + first-touch backing", &host.vmm_copy_backed),
             numbered(
                 "VMM-assisted, end to end (nested)",
-                &host
-                    .end_to_end
-                    .iter()
-                    .map(|m| m / 1024.0)
-                    .collect::<Vec<_>>(),
+                &gib(&host.end_to_end),
             ),
-            numbered(
-                "guest copy, end to end (nested)",
-                &guest
-                    .end_to_end
-                    .iter()
-                    .map(|m| m / 1024.0)
-                    .collect::<Vec<_>>(),
-            ),
+            numbered("guest copy, end to end (nested)", &gib(&guest.end_to_end)),
         ],
     };
     Ok((report, vec![chart]))
@@ -282,10 +275,6 @@ pub fn run(runs: usize) -> Result<(serde_json::Value, Vec<Chart>), String> {
 fn numbered(name: &str, v: &[f64]) -> Series {
     Series {
         name: name.into(),
-        points: v
-            .iter()
-            .enumerate()
-            .map(|(i, y)| (i as f64 + 1.0, *y))
-            .collect(),
+        values: v.to_vec(),
     }
 }

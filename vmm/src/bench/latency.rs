@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::svg::{Chart, Series};
+use super::svg::{Chart, Series, Style};
 use super::{Stats, boot_vm, ms};
 use crate::config::format_size;
 use crate::grant::{GrantMode, GrantPolicy, Target};
@@ -148,31 +148,38 @@ pub fn run(
     );
     let line = |name: &str, pts: &[Point], f: &dyn Fn(&Point) -> f64| Series {
         name: name.into(),
-        points: pts.iter().map(|p| (p.size as f64, f(p))).collect(),
+        values: pts.iter().map(f).collect(),
     };
+    let subtitle = format!(
+        "bench latency: {empty_runs} samples per size on empty ranges, {populated_runs} on populated; exclusive grants; nested KVM wall time"
+    );
     let charts = vec![
         Chart {
-            title: "Allocation latency (nested KVM)".into(),
-            x_label: "chunk size (bytes, log)".into(),
-            y_label: "ms (log)".into(),
-            log_x: true,
+            title: "Allocation latency by chunk size: empty vs populated ranges".into(),
+            subtitle: subtitle.clone(),
+            x_label: "chunk size".into(),
+            categories: super::size_categories(&SIZES),
+            y_label: "latency (ms, log scale)".into(),
             log_y: true,
+            style: Style::Lines,
             series: vec![
-                line("empty, median", &empty, &|p| p.latency_ms.median),
-                line("empty, p99", &empty, &|p| p.latency_ms.p99),
-                line("populated, median", &populated, &|p| p.latency_ms.median),
-                line("populated, p99", &populated, &|p| p.latency_ms.p99),
+                line("empty range, median", &empty, &|p| p.latency_ms.median),
+                line("empty range, p99", &empty, &|p| p.latency_ms.p99),
+                line("populated range, median", &populated, &|p| p.latency_ms.median),
+                line("populated range, p99", &populated, &|p| p.latency_ms.p99),
             ],
         },
         Chart {
-            title: "VM exits per allocation".into(),
-            x_label: "chunk size (bytes, log)".into(),
-            y_label: "exits".into(),
-            log_x: true,
+            title: "VM exits per allocation by chunk size (target: at most 4)".into(),
+            subtitle,
+            x_label: "chunk size".into(),
+            categories: super::size_categories(&SIZES),
+            y_label: "VM exits per allocation (count)".into(),
             log_y: false,
+            style: Style::Lines,
             series: vec![
-                line("empty, max", &empty, &|p| p.exits.max),
-                line("populated, max", &populated, &|p| p.exits.max),
+                line("empty range, max", &empty, &|p| p.exits.max),
+                line("populated range, max", &populated, &|p| p.exits.max),
             ],
         },
     ];

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use protocol::layout::{PAGE_SIZE, PROGRESS_POPULATED};
 use serde_json::json;
 
-use super::svg::{Chart, Series};
+use super::svg::{Chart, Series, Style};
 use super::{Stats, ms};
 use crate::cli::RunArgs;
 use crate::config::{RegionConfig, VmConfig, format_size};
@@ -500,25 +500,32 @@ pub fn run(
     }
     let bars = |name: &str, samples: &[Sample]| Series {
         name: name.into(),
-        points: SIZES
+        values: SIZES
             .iter()
-            .map(|&s| (s as f64, Stats::of(&of_size(samples, s)).median))
+            .map(|&s| Stats::of(&of_size(samples, s)).median)
             .collect(),
     };
     let mut series = vec![
-        bars("ours, shared", &r.shared),
-        bars("ours, exclusive", &r.exclusive),
+        bars("ours, shared grant", &r.shared),
+        bars("ours, exclusive grant", &r.exclusive),
         bars("guest alloc_contig_range", &r.contig),
     ];
     if !r.virtio_mem.is_empty() {
-        series.push(bars("virtio-mem unplug", &r.virtio_mem));
+        series.push(bars("virtio-mem unplug (QEMU)", &r.virtio_mem));
     }
     let chart = Chart {
-        title: "Taking back populated memory from a Linux guest (emulated SVM), median".into(),
-        x_label: "range size (bytes, log)".into(),
-        y_label: "ms (log)".into(),
-        log_x: true,
+        title: "Taking populated memory back from a Linux guest: ours vs the guest's own"
+            .into(),
+        subtitle: format!(
+            "bench linux: median of {} (4 MiB) and {} (64 MiB) samples; emulated SVM (QEMU TCG L1, KVM L2) wall time",
+            plan(runs).iter().filter(|&&s| s == SIZES[0]).count(),
+            plan(runs).iter().filter(|&&s| s == SIZES[1]).count()
+        ),
+        x_label: "range size".into(),
+        categories: super::size_categories(&SIZES),
+        y_label: "time to take the range (ms, log scale)".into(),
         log_y: true,
+        style: Style::Bars,
         series,
     };
     let report = json!({

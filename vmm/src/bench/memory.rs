@@ -10,7 +10,7 @@ use crate::grant::GrantPolicy;
 use crate::machine::{Vmm, VmmOptions};
 use cma::Cma;
 
-use super::svg::{Chart, Series};
+use super::svg::{Chart, Series, Style};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -78,7 +78,7 @@ pub fn run() -> Result<(serde_json::Value, Vec<Chart>), String> {
         }));
     }
     let mut vmm = Vec::new();
-    let mut points = Vec::new();
+    let (mut sizes, mut points) = (Vec::new(), Vec::new());
     println!("VMM allocator memory per region (bitmap, summaries, chunk table, histograms):");
     for (size, order) in [
         (64u64 << 20, 0u32),
@@ -103,19 +103,22 @@ pub fn run() -> Result<(serde_json::Value, Vec<Chart>), String> {
             100.0 * bytes as f64 / size as f64
         );
         if order == 0 {
-            points.push((size as f64, bytes as f64));
+            sizes.push(size);
+            points.push(bytes as f64);
         }
         vmm.push(json!({"region_bytes": size, "order_per_bit": order, "metadata_bytes": bytes}));
     }
     let chart = Chart {
-        title: "VMM allocator memory per region (order_per_bit 0)".into(),
-        x_label: "region size (bytes, log)".into(),
-        y_label: "bytes (log)".into(),
-        log_x: true,
+        title: "VMM allocator memory by region size (bitmap, summaries, chunk table)".into(),
+        subtitle: "bench memory: one bit per 4 KiB page (order_per_bit 0), measured on empty regions".into(),
+        x_label: "CMA region size".into(),
+        categories: super::size_categories(&sizes),
+        y_label: "allocator memory (bytes, log scale)".into(),
         log_y: true,
+        style: Style::Bars,
         series: vec![Series {
-            name: "metadata".into(),
-            points,
+            name: "VMM allocator metadata".into(),
+            values: points,
         }],
     };
     let report = json!({

@@ -88,12 +88,52 @@ pub fn write_report(
     std::fs::write(path, serde_json::to_string_pretty(json)? + "\n")?;
     let mut written = vec![path.to_path_buf()];
     let stem = path.with_extension("");
+    let when = utc_now();
     for (i, chart) in charts.iter().enumerate() {
         let svg = PathBuf::from(format!("{}-{}.svg", stem.display(), i + 1));
-        std::fs::write(&svg, chart.render())?;
+        // Which run: the chart's own parameters, then when and where it was written.
+        let mut chart = chart.clone();
+        chart.subtitle = [chart.subtitle.as_str(), &when, &host_name()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" · ");
+        std::fs::write(&svg, chart.render().map_err(std::io::Error::other)?)?;
         written.push(svg);
     }
     Ok(written)
+}
+
+/// Now as `YYYY-MM-DD HH:MM UTC` (civil date from days since the epoch, as in Howard
+/// Hinnant's algorithm: no date crate for one line of a chart).
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc_date(secs)
+}
+
+fn utc_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (hh, mm) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02} UTC")
+}
+
+/// This machine's host name, for "which run" ("" if unknown).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Boot the reference guest in-process with `--cma` specs and guest arguments, and wait
@@ -250,7 +290,37 @@ impl CopyRatio {
     }
 }
 
+/// Sizes as chart categories ("4 KiB", "64 MiB").
+pub fn size_categories(sizes: &[u64]) -> Vec<String> {
+    sizes
+        .iter()
+        .map(|&s| {
+            let short = crate::config::format_size(s);
+            match short.char_indices().last() {
+                Some((i, u @ ('K' | 'M' | 'G'))) => format!("{} {u}iB", &short[..i]),
+                _ => format!("{short} B"),
+            }
+        })
+        .collect()
+}
+
 /// Milliseconds of a duration.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_date(951_782_400 + 3661), "2000-02-29 01:01 UTC");
+        assert_eq!(utc_date(1_767_225_600), "2026-01-01 00:00 UTC");
+        assert_eq!(
+            size_categories(&[4096, 64 << 20, 3 << 30, 100]),
+            ["4 KiB", "64 MiB", "3 GiB", "100 B"]
+        );
+    }
 }
