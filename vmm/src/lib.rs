@@ -7,6 +7,7 @@
 //! - [`grant`]: granting chunks to devices: eviction by the guest agent, revocation, scrub
 //!   (the allocator itself is the [`cma`] crate; its claim and release hooks are here);
 //! - [`machine`]: build, run and stop a VM;
+//! - [`occupancy`]: a picture of each region's occupancy (free, populated, granted, pinned);
 //! - [`cli`], [`commands`]: the `cma-vmm` command line;
 //! - [`api`], [`ctl`]: the runtime control API on a Unix socket, its client, metrics;
 //! - [`sync`]: small helpers (a mutex lock that survives poisoning).
@@ -25,6 +26,8 @@ pub mod grant;
 pub mod host_cache;
 pub mod integrity;
 pub mod machine;
+pub mod occupancy;
+pub mod progress;
 pub mod soak;
 pub mod sync;
 pub mod vstate;

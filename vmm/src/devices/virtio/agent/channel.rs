@@ -43,6 +43,9 @@ pub enum AgentError {
     /// The channel was shut down.
     #[error("the agent channel is shut down")]
     Stopped,
+    /// Evictions were cancelled: the VMM is stopping ([`AgentChannel::cancel_evictions`]).
+    #[error("eviction cancelled: the VMM is stopping")]
+    Cancelled,
 }
 
 /// Counters of the agent channel, for metrics.
@@ -83,6 +86,8 @@ struct Waiter {
     request: HostMsg,
     delivered: bool,
     answer: Option<GuestMsg>,
+    /// Given up by [`AgentChannel::cancel_evictions`].
+    cancelled: bool,
 }
 
 #[derive(Default)]
@@ -92,6 +97,8 @@ struct State {
     next_req: u64,
     agent_version: Option<u32>,
     stopped: bool,
+    /// No eviction is sent any more (the VMM is stopping); returns and queries still are.
+    evictions_cancelled: bool,
 }
 
 /// State shared by the callers and the agent thread.
@@ -249,8 +256,11 @@ impl AgentChannel {
             return Err(AgentError::Backlog);
         }
         let req = state.next_req;
-        state.next_req += 1;
         let request = build(req);
+        if state.evictions_cancelled && matches!(request, HostMsg::Evict { .. }) {
+            return Err(AgentError::Cancelled);
+        }
+        state.next_req += 1;
         state.outbox.push_back(request);
         if wait {
             state.waiting.insert(
@@ -259,6 +269,7 @@ impl AgentChannel {
                     request,
                     delivered: false,
                     answer: None,
+                    cancelled: false,
                 },
             );
         }
@@ -285,6 +296,17 @@ impl AgentChannel {
                 state.waiting.remove(&req);
                 return Err(AgentError::Stopped);
             }
+            if state.waiting.get(&req).is_some_and(|w| w.cancelled) {
+                let delivered = state.waiting.remove(&req).is_some_and(|w| w.delivered);
+                state.outbox.retain(|m| m.req() != req);
+                drop(state);
+                if delivered {
+                    // The guest may be isolating or migrating the range: make it undo that
+                    // and keep its pages where they are.
+                    self.cancel(req);
+                }
+                return Err(AgentError::Cancelled);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let delivered = state.waiting.remove(&req).is_some_and(|w| w.delivered);
@@ -307,6 +329,21 @@ impl AgentChannel {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
+    }
+
+    /// Give up every eviction under way (the guest is told to undo those it received) and
+    /// refuse new ones; frees, queries and shutdown still reach the guest. The first step
+    /// of a clean stop: allocations waiting on the guest fail now and release their bits.
+    pub fn cancel_evictions(&self) {
+        let mut state = lock(&self.shared.state);
+        state.evictions_cancelled = true;
+        for w in state.waiting.values_mut() {
+            if matches!(w.request, HostMsg::Evict { .. }) {
+                w.cancelled = true;
+            }
+        }
+        drop(state);
+        self.shared.answered.notify_all();
     }
 
     /// Fail every waiter and refuse new requests (VMM shutting down).
@@ -456,6 +493,45 @@ mod tests {
             matches!(seen[1], HostMsg::Cancel { target: 1, .. }),
             "{seen:?}"
         );
+    }
+
+    #[test]
+    fn cancelled_evictions_fail_at_once_and_are_undone_in_the_guest() {
+        let c = channel();
+        let shared = c.shared().clone();
+        let canceller = c.clone();
+        let agent = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut seen = Vec::new();
+            while Instant::now() < deadline && seen.len() < 2 {
+                let out = shared.take_outgoing(8);
+                if out.iter().any(|m| matches!(m, HostMsg::Evict { .. })) {
+                    // The guest is working on it when the VMM is told to stop.
+                    canceller.cancel_evictions();
+                }
+                seen.extend(out);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            seen
+        });
+        let t0 = Instant::now();
+        let r = c.evict(0, 0x1000, false, Duration::from_secs(30));
+        assert_eq!(r, Err(AgentError::Cancelled));
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        let seen = agent.join().unwrap();
+        assert!(
+            matches!(seen[1], HostMsg::Cancel { target: 1, .. }),
+            "{seen:?}"
+        );
+        // No new eviction is sent; returns still are.
+        assert_eq!(
+            c.evict(0, 0x1000, false, Duration::from_millis(1)),
+            Err(AgentError::Cancelled)
+        );
+        assert!(matches!(
+            c.give_back(0, 0x1000, Duration::from_millis(1)),
+            Err(AgentError::Timeout { .. })
+        ));
     }
 
     #[test]
