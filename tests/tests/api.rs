@@ -488,19 +488,40 @@ fn bad_requests_get_their_status_and_change_nothing() {
     assert_eq!(run.code, Some(0), "{run:#?}");
 }
 
-#[test]
-#[cfg_attr(skip_kvm, ignore = "CMA_SKIP_KVM_TESTS=1")]
-fn sigterm_is_a_clean_stop() {
-    let mut vm = start("sigterm");
+/// SIGINT and SIGTERM stop a run cleanly: the chunk the API holds is freed (zeroed, given
+/// back), statistics are printed (`--stats`), the metrics written a last time, the
+/// socket removed, and the exit status is 128 + the signal (130, 143).
+fn a_signal_is_a_clean_stop(signal: &str, name: &str, code: i32) {
+    let mut args = GUEST.to_vec();
+    args.push("--stats");
+    let mut vm = ApiVmm::start(vmm_bin!(), &format!("sig{signal}"), &args);
     let alloc = vm.ctl_ok(&["alloc", "--regions", "a,b", "--size", "512K"]);
     assert_eq!(alloc["chunk"]["region"], "a");
-    vm.signal("TERM");
+    vm.signal(signal);
     let run = vm.finish(DEADLINE);
-    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(run.code, Some(code), "{run:#?}");
     assert!(
-        run.stderr.contains("stopped by signal 15"),
+        run.stderr.contains(&format!(
+            "{name}: evictions cancelled, 1 API chunk(s) freed and zeroed"
+        )),
         "{}",
         run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("stopped by {name}: exit status {code}")),
+        "{}",
+        run.stderr
+    );
+    // --stats: the region's line, with the allocation and its free counted.
+    let stats = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("cma-vmm: region a "))
+        .unwrap_or_else(|| panic!("no statistics: {}", run.stdout));
+    assert!(
+        stats.contains("used     0") && stats.contains("allocs 1 ok"),
+        "{stats}"
     );
     assert!(!vm.sock.exists(), "socket removed");
     let last = vm.metrics_file();
@@ -508,7 +529,56 @@ fn sigterm_is_a_clean_stop() {
         last["api"]["endpoints"]["post_chunks"]["requests_count"], 1,
         "{last}"
     );
-    assert_eq!(last["regions"]["a"]["used_bytes"], 512 * K);
+    assert_eq!(last["regions"]["a"]["used_bytes"], 0, "{last}");
+}
+
+#[test]
+#[cfg_attr(skip_kvm, ignore = "CMA_SKIP_KVM_TESTS=1")]
+fn sigterm_is_a_clean_stop() {
+    a_signal_is_a_clean_stop("TERM", "SIGTERM", 143);
+}
+
+#[test]
+#[cfg_attr(skip_kvm, ignore = "CMA_SKIP_KVM_TESTS=1")]
+fn sigint_is_a_clean_stop() {
+    a_signal_is_a_clean_stop("INT", "SIGINT", 130);
+}
+
+/// A signal during an allocation cancels the eviction under way at once, rather than
+/// after the guest's answer or the eviction deadline.
+#[test]
+#[cfg_attr(skip_kvm, ignore = "CMA_SKIP_KVM_TESTS=1")]
+fn a_signal_cancels_an_eviction_under_way() {
+    let mut args = GUEST.to_vec();
+    args.extend_from_slice(&[
+        "--guest-args",
+        "agent.mode=slow agent.delay_ms=20000",
+        "--evict-timeout",
+        "60000",
+    ]);
+    let mut vm = ApiVmm::start(vmm_bin!(), "sigevict", &args);
+    let sock = vm.sock.clone();
+    let alloc = std::thread::spawn(move || {
+        cma_tests::api::http(
+            &sock,
+            "POST",
+            "/chunks",
+            Some(r#"{"device": "cam", "size": "64K"}"#),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    vm.signal("INT");
+    let run = vm.finish(DEADLINE);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(run.code, Some(130), "{run:#?}");
+    assert!(!vm.sock.exists(), "socket removed");
+    let answer = alloc.join().expect("alloc");
+    assert_ne!(answer.status, 201, "{answer:#?}");
 }
 
 /// An allocation waits for a slow guest; other requests do not wait for it.
@@ -552,8 +622,8 @@ fn a_slow_allocation_does_not_block_the_api() {
     );
     vm.signal("INT");
     let run = vm.finish(DEADLINE);
-    assert_eq!(run.code, Some(0), "{run:#?}");
-    assert!(run.stderr.contains("stopped by signal 2"), "{}", run.stderr);
+    assert_eq!(run.code, Some(130), "{run:#?}");
+    assert!(run.stderr.contains("stopped by SIGINT"), "{}", run.stderr);
     assert!(!vm.sock.exists(), "socket removed");
 }
 
@@ -683,7 +753,7 @@ fn a_device_models_chunks_are_not_the_apis() {
     assert_eq!(m["devices"]["capture0"]["start_count"], 1, "{m}");
     vm.signal("TERM");
     let run = vm.finish(DEADLINE);
-    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(run.code, Some(143), "{run:#?}");
     assert!(!vm.sock.exists(), "socket removed");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -327,3 +327,44 @@ fn boot_benchmark_reports_json() {
     assert!(first > 0.0 && ready >= first, "{v}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--exercise N --occupancy-svg FILE` draws every region before the exercise's final
+/// frees: its grants, and the guest's workload pages in the rest of lent memory.
+#[test]
+#[cfg_attr(skip_kvm, ignore = "CMA_SKIP_KVM_TESTS=1")]
+fn the_exercise_draws_region_occupancy() {
+    require_kvm();
+    let svg = std::env::temp_dir().join(format!("cma-occupancy-{}.svg", std::process::id()));
+    let path = svg.to_str().expect("utf-8");
+    let r = run(
+        &[
+            "run",
+            "--memory",
+            "128M",
+            "--cma",
+            "name=video,size=16M",
+            "--cma",
+            "name=secure,size=4M,private",
+            "--exercise",
+            "4",
+            "--occupancy-svg",
+            path,
+            "--quiet",
+        ],
+        DEADLINE,
+    );
+    assert_eq!(r.code, Some(0), "{r:#?}");
+    assert!(r.stdout.contains(&format!("wrote {path}")), "{}", r.stdout);
+    let text = std::fs::read_to_string(&svg).expect("picture written");
+    for what in [
+        "video · lent · 16M",
+        "secure · private · 4M",
+        "exclusive pinned",
+        "populated",
+    ] {
+        assert!(text.contains(what), "{what} missing");
+    }
+    // No progress line when stdout is not a terminal and the run is quiet.
+    assert!(!r.stdout.contains('\r'), "{}", r.stdout);
+    let _ = std::fs::remove_file(svg);
+}

@@ -51,6 +51,8 @@ pub struct RunArgs {
     pub api_sock: Option<PathBuf>,
     /// Write the metrics document to this file every second and at exit.
     pub metrics_path: Option<PathBuf>,
+    /// `--exercise`: write a picture of every region's occupancy here.
+    pub occupancy_svg: Option<PathBuf>,
 }
 
 /// `cma-vmm bench boot` arguments.
@@ -73,13 +75,13 @@ cma-vmm: a KVM VMM with a hypervisor-level contiguous memory allocator
 usage:
   cma-vmm run [options]           boot the guest with CMA regions
   cma-vmm bench boot [--runs N] [--json PATH] [run options]
-  cma-vmm bench evict|latency|memory|all [--runs N] [--json PATH]
+  cma-vmm bench evict|latency|memory|all [--runs N] [--json PATH] [--quiet]
   cma-vmm bench linux --kernel BZIMAGE --initrd FILE [--runs N] [--json PATH]
                       [--qemu QEMU --qemu-initrd FILE]
                                   populated memory taken back from a Linux guest: our
                                   device vs its own alloc_contig_range (vs virtio-mem
                                   unplug under QEMU); needs a KVM where Linux boots
-  cma-vmm soak [--cycles N] [--seed S] [--json PATH]
+  cma-vmm soak [--cycles N] [--seed S] [--json PATH] [--quiet]
   cma-vmm ctl --api-sock PATH [--timeout SECS] COMMAND
                                   call a running VMM's control API (commands below)
   cma-vmm --help | --version
@@ -105,13 +107,15 @@ run options:
   --exercise N                    once the guest has populated lent memory, allocate and
                                   free N chunks of several sizes and alignments, check every
                                   guest page, and shut the guest down
+  --occupancy-svg FILE            with --exercise: a picture of every region's occupancy
+                                  before the final frees
   --evict-timeout MS              how long to wait for the guest to evict a range (default 2000)
   --copy-mode host|guest          who copies migrated pages (default host)
   --stats                         print per-region CMA statistics at exit
   --prealloc                      back all guest memory with host pages at start
   --timeout SECS                  stop the guest after SECS seconds
   --dry-run                       validate, print the memory layout, do not boot
-  --quiet                         do not echo the guest console
+  --quiet                         do not echo the guest console; no progress line
   --kvm PATH                      KVM device (default /dev/kvm)
   --api-sock PATH                 serve the control API (HTTP/1.1 + JSON) on a new Unix
                                   socket (mode 0600; an existing path is refused); the VMM
@@ -240,6 +244,8 @@ pub struct SoakArgs {
     pub seed: u64,
     /// Where to write the JSON report.
     pub json: Option<PathBuf>,
+    /// No progress output.
+    pub quiet: bool,
 }
 
 fn parse_soak(args: &mut Args) -> Result<Command, CliError> {
@@ -247,8 +253,13 @@ fn parse_soak(args: &mut Args) -> Result<Command, CliError> {
         cycles: 1000,
         seed: 0x50a4,
         json: None,
+        quiet: false,
     };
     while let Some(flag) = args.items.next() {
+        if flag == "--quiet" {
+            soak.quiet = true;
+            continue;
+        }
         let value = args.value(&flag)?;
         let bad = |reason: &str| CliError::BadValue {
             flag: flag.clone(),
@@ -359,6 +370,7 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
         prealloc: false,
         api_sock: None,
         metrics_path: None,
+        occupancy_svg: None,
     };
     while let Some(flag) = args.items.next() {
         let once = |slot: bool| {
@@ -416,6 +428,7 @@ fn parse_run(args: &mut Args, extra: &mut ExtraFlags<'_>) -> Result<RunArgs, Cli
                 once(run.api_sock.is_some())?;
                 run.api_sock = Some(PathBuf::from(args.value(&flag)?));
             }
+            "--occupancy-svg" => run.occupancy_svg = Some(PathBuf::from(args.value(&flag)?)),
             "--metrics-path" => {
                 once(run.metrics_path.is_some())?;
                 run.metrics_path = Some(PathBuf::from(args.value(&flag)?));

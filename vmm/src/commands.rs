@@ -2,11 +2,10 @@
 //!
 //! Exit codes: the guest's own status when it exits (0 = success), [`EXIT_VMM_ERROR`] when
 //! the VMM cannot start (bad input, no KVM, no image), [`EXIT_GUEST_CRASH`] when the guest
-//! crashes or the run is stopped by `--timeout`. A run with `--api-sock` or
-//! `--metrics-path` stopped by SIGINT or SIGTERM exits 0 (a clean, requested stop).
+//! crashes or the run is stopped by `--timeout`, 128 + the signal's number when SIGINT or
+//! SIGTERM stopped it (130, 143: a clean stop, see [`crate::stop`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::api::metrics::{METRICS_PERIOD, check_writable};
@@ -16,6 +15,7 @@ use crate::api::{
 use crate::cli::{BenchArgs, BenchKind, Command, RunArgs, SoakArgs, USAGE};
 use crate::config::{ValidConfig, format_size};
 use crate::machine::{RunOutcome, RunReport, RunningVmm, Vmm, VmmOptions};
+use crate::progress::{Output, Progress};
 
 /// The VMM could not start: bad input, KVM, guest image.
 pub const EXIT_VMM_ERROR: i32 = 1;
@@ -60,13 +60,17 @@ fn bench(kind: BenchKind, args: &BenchArgs) -> i32 {
     let runs = args.runs as usize;
     let mut code = 0;
     type Job<'a> = Box<
-        dyn Fn(usize) -> Result<(serde_json::Value, Vec<crate::bench::svg::Chart>), String> + 'a,
+        dyn Fn(
+                usize,
+                &mut Progress,
+            ) -> Result<(serde_json::Value, Vec<crate::bench::svg::Chart>), String>
+            + 'a,
     >;
     let jobs: [(BenchKind, &str, Job); 5] = [
         (
             BenchKind::Boot,
             "boot",
-            Box::new(|runs| crate::bench::boot::run(&args.run, runs)),
+            Box::new(|runs, p| crate::bench::boot::run(&args.run, runs, p)),
         ),
         (
             BenchKind::Evict,
@@ -76,17 +80,17 @@ fn bench(kind: BenchKind, args: &BenchArgs) -> i32 {
         (
             BenchKind::Latency,
             "latency",
-            Box::new(|runs| crate::bench::latency::run(runs, (runs / 3).max(2))),
+            Box::new(|runs, p| crate::bench::latency::run(runs, (runs / 3).max(2), p)),
         ),
         (
             BenchKind::Memory,
             "memory",
-            Box::new(|_| crate::bench::memory::run()),
+            Box::new(|_, p| crate::bench::memory::run(p)),
         ),
         (
             BenchKind::Linux,
             "linux",
-            Box::new(|runs| crate::bench::linux::run(&args.run, runs, args.qemu.as_ref())),
+            Box::new(|runs, _| crate::bench::linux::run(&args.run, runs, args.qemu.as_ref())),
         ),
     ];
     for (k, name, job) in jobs {
@@ -95,7 +99,10 @@ fn bench(kind: BenchKind, args: &BenchArgs) -> i32 {
         if !wanted {
             continue;
         }
-        match job(runs).and_then(|(json, charts)| {
+        let mut progress = Progress::new(name, "steps", 0, Output::detect(args.run.quiet));
+        let result = job(runs, &mut progress);
+        progress.finish();
+        match result.and_then(|(json, charts)| {
             crate::bench::write_report(&path(name), &json, &charts).map_err(|e| e.to_string())
         }) {
             Ok(files) => {
@@ -112,8 +119,8 @@ fn bench(kind: BenchKind, args: &BenchArgs) -> i32 {
 /// `cma-vmm soak`: print progress, the final report, and exit non-zero if anything broke.
 fn soak(args: &SoakArgs) -> i32 {
     println!("soak: {} cycles, seed {:#x}", args.cycles, args.seed);
-    let mut progress = |r: &crate::soak::SoakReport| {
-        println!(
+    let line = |r: &crate::soak::SoakReport| {
+        format!(
             "soak: {} cycles: {} allocs ({} no space, {} every candidate busy; {} busy retries), {} frees, {} pins/unpins, {} compactions ({} chunks moved), {} pages verified, {} integrity errors",
             r.cycles,
             r.allocs,
@@ -126,13 +133,32 @@ fn soak(args: &SoakArgs) -> i32 {
             r.chunks_moved,
             r.pages_verified,
             r.integrity_errors
+        )
+    };
+    let out = Output::detect(args.quiet);
+    let mut live = Progress::new("soak", "cycles", args.cycles, out);
+    let mut progress = |r: &crate::soak::SoakReport| {
+        if r.cycles == 1 {
+            // Count the rate from the first cycle, not from the guest's boot.
+            live.phase("soak", "cycles", args.cycles);
+        }
+        if r.cycles.is_multiple_of(1000) && r.cycles > 0 && out != Output::Quiet {
+            live.println(&line(r));
+        }
+        live.update(
+            r.cycles,
+            &format!(
+                "{} allocs, {} frees, {} integrity errors",
+                r.allocs, r.frees, r.integrity_errors
+            ),
         );
     };
     let report = match crate::soak::run(args.cycles, args.seed, &mut progress) {
         Ok(r) => r,
         Err(e) => return fail(format!("soak: {e}")),
     };
-    progress(&report);
+    live.finish();
+    println!("{}", line(&report));
     println!(
         "soak: {} capture frames meanwhile; bitmaps empty at the end: {}; guest's own check: {:?}; {:.1} s",
         report.capture_frames, report.bitmaps_empty, report.guest_exit, report.seconds
@@ -218,6 +244,8 @@ fn run_vm(args: &RunArgs) -> i32 {
         print_layout(&config);
         return 0;
     }
+    // From here a signal stops the run cleanly; one during the boot ends it right after.
+    crate::stop::install();
     // Like any bad input, a socket path in use or an unwritable metrics file stops us
     // before the VM is built.
     let socket = match args.api_sock.as_deref().map(ApiSocket::bind).transpose() {
@@ -235,15 +263,7 @@ fn run_vm(args: &RunArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    if socket.is_some() || args.metrics_path.is_some() {
-        return run_with_api(args, running, socket);
-    }
-    exercise(args, &running);
-    if args.stats {
-        crate::exercise::print_stats(&running);
-    }
-    let report = running.wait(args.timeout);
-    finish(&report)
+    serve(args, running, socket)
 }
 
 /// `--exercise N`: allocate and free N chunks, then let the guest check itself and exit.
@@ -251,7 +271,13 @@ fn exercise(args: &RunArgs, running: &RunningVmm) {
     if args.exercise == 0 {
         return;
     }
-    match crate::exercise::run(running, args.exercise) {
+    let opts = crate::exercise::ExerciseOptions {
+        occupancy_svg: args.occupancy_svg.clone(),
+        progress: crate::progress::Output::detect(args.quiet),
+        stop: &|| crate::stop::requested().is_some(),
+    };
+    match crate::exercise::run(running, args.exercise, &opts) {
+        Ok(summary) if summary.stopped => {}
         Ok(summary) if summary.integrity.is_clean() => {
             // The guest checks its own pages too, then exits with the verdict.
             let _ = running.grants().agent().shutdown_guest();
@@ -273,15 +299,7 @@ fn finish(report: &RunReport) -> i32 {
     exit_code(&report.outcome)
 }
 
-/// The signal that asked us to stop (0: none yet).
-static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_stop_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Only an atomic store: async-signal-safe.
-    STOP_SIGNAL.store(num, Ordering::SeqCst);
-}
-
-/// Why a run with the API ended.
+/// Why a run ended.
 enum Ending {
     /// The guest exited or crashed.
     Guest,
@@ -293,13 +311,16 @@ enum Ending {
     Failed(String),
 }
 
-/// A run with the control API and/or the metrics file: serve until the guest exits,
-/// `--timeout`, or SIGINT/SIGTERM; then stop the server (the socket is removed), write the
-/// metrics a last time, and stop the VM.
-fn run_with_api(args: &RunArgs, running: RunningVmm, socket: Option<ApiSocket>) -> i32 {
+/// Run the VM until the guest exits, `--timeout`, or SIGINT/SIGTERM, with the control
+/// API and the metrics file if asked for; `--exercise` first. Then stop in order: on a
+/// signal, cancel evictions under way and free the chunks the API holds (zeroed, given
+/// back); stop the server (the socket is removed) and the metrics writer (a last write);
+/// print statistics if asked; stop the VM.
+fn serve(args: &RunArgs, running: RunningVmm, socket: Option<ApiSocket>) -> i32 {
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let source = MetricsSource::new(&running, Arc::new(ApiMetrics::default()));
     let context = ApiContext::new(&running, source.clone());
+    let done = std::sync::atomic::AtomicBool::new(false);
     let ending = std::thread::scope(|scope| {
         let server = match socket
             .map(|sock| Server::spawn(scope, sock, &context, ServerConfig::default()))
@@ -321,10 +342,34 @@ fn run_with_api(args: &RunArgs, running: RunningVmm, socket: Option<ApiSocket>) 
                 return Ending::Failed(format!("cannot start the metrics writer: {e}"));
             }
         };
+        // An allocation waits on the guest for up to --evict-timeout: a signal cancels it
+        // at once rather than after the wait.
+        let agent = running.grants().agent();
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if crate::stop::requested().is_some() {
+                    agent.cancel_evictions();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
         exercise(args, &running);
         let ending = wait_for_end(&running, deadline);
+        if let Ending::Signal(num) = ending {
+            agent.cancel_evictions();
+            let (freed, errors) = context.free_all();
+            eprintln!(
+                "cma-vmm: {}: evictions cancelled, {freed} API chunk(s) freed and zeroed",
+                crate::stop::name(num)
+            );
+            for e in errors {
+                eprintln!("cma-vmm: cannot free {e}");
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
         // Requests still waiting on the guest give up now rather than at their timeouts.
-        running.grants().agent().stop();
+        agent.stop();
         if let Some(server) = server {
             server.stop();
         }
@@ -339,41 +384,34 @@ fn run_with_api(args: &RunArgs, running: RunningVmm, socket: Option<ApiSocket>) 
     let report = running.wait(Some(Duration::ZERO));
     match ending {
         Ending::Failed(e) => fail(e),
-        Ending::Signal(num) if report.outcome == RunOutcome::Stopped => {
-            eprintln!("cma-vmm: stopped by signal {num}");
-            0
+        Ending::Signal(num) => {
+            eprintln!(
+                "cma-vmm: stopped by {}: exit status {}",
+                crate::stop::name(num),
+                crate::stop::exit_code(num)
+            );
+            crate::stop::exit_code(num)
         }
-        Ending::Guest | Ending::Timeout | Ending::Signal(_) => finish(&report),
+        Ending::Guest | Ending::Timeout => finish(&report),
     }
 }
 
-/// Wait for the guest to stop, the deadline, or SIGINT/SIGTERM (handled from here on:
-/// before, they end the process as usual).
+/// Wait for the guest to stop, the deadline, or SIGINT/SIGTERM; then give the signals
+/// their default disposition back, so that a second one ends the stop at once.
 fn wait_for_end(running: &RunningVmm, deadline: Option<Instant>) -> Ending {
-    for num in [libc::SIGINT, libc::SIGTERM] {
-        if let Err(e) = vmm_sys_util::signal::register_signal_handler(num, on_stop_signal) {
-            eprintln!("cma-vmm: cannot handle signal {num}: {e}");
-        }
-    }
     let ending = loop {
+        if let Some(num) = crate::stop::requested() {
+            break Ending::Signal(num);
+        }
         if running.outcome().is_some() {
             break Ending::Guest;
-        }
-        let num = STOP_SIGNAL.load(Ordering::SeqCst);
-        if num != 0 {
-            break Ending::Signal(num);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break Ending::Timeout;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    // A second Ctrl-C during the shutdown ends the process at once, as usual.
-    for num in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: restoring a signal's default disposition has no memory-safety
-        // preconditions; no handler of ours runs afterwards.
-        unsafe { libc::signal(num, libc::SIG_DFL) };
-    }
+    crate::stop::uninstall();
     ending
 }
 

@@ -6,7 +6,8 @@
 //! rest, verify every guest page from the host, and ask the guest to check its pages and
 //! exit.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use protocol::layout::{PAGE_SIZE, PROGRESS_POPULATED};
 
@@ -14,6 +15,7 @@ use crate::config::format_size;
 use crate::grant::{EvictionsHeld, Grant, GrantMode, Target};
 use crate::integrity::{IntegrityReport, ManifestSnapshot};
 use crate::machine::RunningVmm;
+use crate::progress::{Output, Progress};
 use cma::AllocRequest;
 
 const SIZES: [u64; 8] = [
@@ -31,9 +33,32 @@ const ALIGNS: [u64; 4] = [4 << 10, 64 << 10, 1 << 20, 2 << 20];
 /// How long to wait for the guest to populate lent memory (nested KVM is slow).
 const POPULATE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How the exercise runs.
+pub struct ExerciseOptions<'a> {
+    /// Write a picture of every region's occupancy here, taken after the last allocation
+    /// and before the final frees, when fragmentation is at its most.
+    pub occupancy_svg: Option<PathBuf>,
+    /// How progress is shown.
+    pub progress: Output,
+    /// Asked to stop (a signal): free what is held and return.
+    pub stop: &'a dyn Fn() -> bool,
+}
+
+impl Default for ExerciseOptions<'_> {
+    fn default() -> Self {
+        ExerciseOptions {
+            occupancy_svg: None,
+            progress: Output::Quiet,
+            stop: &|| false,
+        }
+    }
+}
+
 /// What the exercise did.
 #[derive(Debug, Default)]
 pub struct ExerciseSummary {
+    /// Stopped early ([`ExerciseOptions::stop`]); every chunk it held is freed.
+    pub stopped: bool,
     /// Allocations granted.
     pub granted: u32,
     /// Allocations refused.
@@ -43,10 +68,28 @@ pub struct ExerciseSummary {
 }
 
 /// Wait for the workload, then allocate and free `n` chunks.
-pub fn run(vm: &RunningVmm, n: u32) -> Result<ExerciseSummary, String> {
-    if !vm.wait_milestone(PROGRESS_POPULATED, POPULATE_TIMEOUT) {
-        return Err("the guest did not populate its lent memory".into());
+pub fn run(vm: &RunningVmm, n: u32, opts: &ExerciseOptions) -> Result<ExerciseSummary, String> {
+    let mut progress = Progress::new("exercise", "s", 0, opts.progress);
+    let waiting = Instant::now();
+    loop {
+        if vm.wait_milestone(PROGRESS_POPULATED, Duration::from_millis(250)) {
+            break;
+        }
+        if (opts.stop)() {
+            return Ok(ExerciseSummary {
+                stopped: true,
+                ..ExerciseSummary::default()
+            });
+        }
+        if vm.outcome().is_some() || waiting.elapsed() >= POPULATE_TIMEOUT {
+            return Err("the guest did not populate its lent memory".into());
+        }
+        progress.update(
+            waiting.elapsed().as_secs(),
+            "waiting for the guest to populate lent memory",
+        );
     }
+    progress.phase("exercise", "allocations", u64::from(n));
     let grants = vm.grants();
     let lent: Vec<_> = vm
         .config()
@@ -62,6 +105,10 @@ pub fn run(vm: &RunningVmm, n: u32) -> Result<ExerciseSummary, String> {
     }
     let mut live: Vec<Grant> = Vec::new();
     for i in 0..n as usize {
+        if (opts.stop)() {
+            summary.stopped = true;
+            break;
+        }
         let region = &lent[i % lent.len()];
         let size = SIZES[i % SIZES.len()].min((region.size / 4).max(PAGE_SIZE));
         let align = ALIGNS[(i / lent.len()) % ALIGNS.len()].min(size.next_power_of_two());
@@ -86,30 +133,45 @@ pub fn run(vm: &RunningVmm, n: u32) -> Result<ExerciseSummary, String> {
         match grants.alloc(&Target::Regions(region.name.clone()), &req, mode) {
             Ok((grant, r)) => {
                 summary.granted += 1;
-                println!(
+                progress.println(&format!(
                     "cma-vmm: {what} -> [{:#011x}, {:#011x}) {:>5} pages migrated {:>9.2} ms {:>3} exits",
                     r.chunk.gpa,
                     r.chunk.gpa + r.chunk.len,
                     r.pages_migrated,
                     r.elapsed.as_secs_f64() * 1e3,
                     r.exits
-                );
+                ));
                 // Device data, which the guest must never see after the free.
                 let _ = grant.write(0, format!("device data of chunk {}", i + 1).as_bytes());
                 live.push(grant);
             }
             Err(e) => {
                 summary.failed += 1;
-                println!("cma-vmm: {what} -> failed: {e}");
+                progress.println(&format!("cma-vmm: {what} -> failed: {e}"));
             }
         }
+        progress.inc(&format!(
+            "{} granted, {} failed",
+            summary.granted, summary.failed
+        ));
         if i % 2 == 1 && !live.is_empty() {
             let oldest = live.remove(0);
             grants.free(oldest.id()).map_err(|e| e.to_string())?;
         }
     }
+    progress.finish();
+    if let Some(path) = opts.occupancy_svg.as_ref().filter(|_| !summary.stopped) {
+        match write_occupancy(vm, n, path) {
+            Ok(()) => println!("cma-vmm: wrote {}", path.display()),
+            Err(e) => eprintln!("cma-vmm: occupancy picture: {e}"),
+        }
+    }
+    // Freed (zeroed, given back to the guest) whether the exercise ran out or was stopped.
     for g in live {
         grants.free(g.id()).map_err(|e| e.to_string())?;
+    }
+    if summary.stopped {
+        return Ok(summary);
     }
     summary.integrity = check_guest(vm)?;
     let i = &summary.integrity;
@@ -121,6 +183,29 @@ pub fn run(vm: &RunningVmm, n: u32) -> Result<ExerciseSummary, String> {
         println!("cma-vmm:   {e}");
     }
     Ok(summary)
+}
+
+/// The occupancy picture of every region now, with the guest's workload pages.
+fn write_occupancy(vm: &RunningVmm, n: u32, path: &std::path::Path) -> Result<(), String> {
+    use crate::occupancy::{RegionMap, populated_frames, render};
+    let populated = populated_frames(vm);
+    if let Err(e) = &populated {
+        eprintln!("cma-vmm: occupancy picture without workload pages: {e}");
+    }
+    let maps = RegionMap::from_cma(vm, populated.as_deref().ok()).map_err(|e| e.to_string())?;
+    let title = format!(
+        "CMA region occupancy after the exercise's {n} allocations, before its final frees"
+    );
+    let subtitle = format!(
+        "cma-vmm run --exercise {n} · {} guest memory · {}",
+        format_size(vm.config().memory),
+        crate::bench::utc_now()
+    );
+    let svg = render(&maps, &title, &subtitle).map_err(|e| e.to_string())?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Quiesce the guest's workload, verify every page from the host, resume.

@@ -29,5 +29,6 @@ pub mod machine;
 pub mod occupancy;
 pub mod progress;
 pub mod soak;
+pub mod stop;
 pub mod sync;
 pub mod vstate;

@@ -238,8 +238,8 @@ impl RegionMap {
         region: &serde_json::Value,
         chunks: &serde_json::Value,
     ) -> Result<Self, OccupancyError> {
-        let r = ApiRegion::deserialize(region)
-            .map_err(|e| OccupancyError::BadRegion(e.to_string()))?;
+        let r =
+            ApiRegion::deserialize(region).map_err(|e| OccupancyError::BadRegion(e.to_string()))?;
         let list =
             ApiChunks::deserialize(chunks).map_err(|e| OccupancyError::BadChunks(e.to_string()))?;
         let chunks: Vec<ChunkUse> = list
@@ -359,7 +359,11 @@ pub fn populated_frames(vm: &RunningVmm) -> Result<Vec<(u64, bool)>, String> {
 }
 
 /// Render `regions` as one SVG picture: `title` says what and when, `subtitle` which run.
-pub fn render(regions: &[RegionMap], title: &str, subtitle: &str) -> Result<String, OccupancyError> {
+pub fn render(
+    regions: &[RegionMap],
+    title: &str,
+    subtitle: &str,
+) -> Result<String, OccupancyError> {
     let err = |e: &dyn std::fmt::Display| OccupancyError::Draw(e.to_string());
     let grid_w = COLS as i32 * CELL_W;
     let legend_rows = Use::ALL.len().div_ceil(2) as i32;
@@ -384,8 +388,11 @@ pub fn render(regions: &[RegionMap], title: &str, subtitle: &str) -> Result<Stri
         for (i, u) in Use::ALL.iter().enumerate() {
             let x = 14 + (i as i32 % 2) * 380;
             let y = 60 + (i as i32 / 2) * 20;
-            root.draw(&Rectangle::new([(x, y), (x + 16, y + 12)], u.colour().filled()))
-                .map_err(|e| err(&e))?;
+            root.draw(&Rectangle::new(
+                [(x, y), (x + 16, y + 12)],
+                u.colour().filled(),
+            ))
+            .map_err(|e| err(&e))?;
             text(u.label(), 13, BLACK, (x + 24, y)).map_err(|e| err(&e))?;
         }
         let mut y = head;
@@ -520,9 +527,21 @@ mod tests {
             len: 4096,
             what: Use::SharedMovable,
         };
-        let frames = [(16 << 20, false), ((16 << 20) + 4096, false), ((16 << 20) + 8192, true)];
+        let frames = [
+            (16 << 20, false),
+            ((16 << 20) + 4096, false),
+            ((16 << 20) + 8192, true),
+        ];
         let map = RegionMap::new(&r, &[chunk], Some(&frames)).unwrap();
-        assert_eq!(&map.pages[..4], &[Use::Populated, Use::SharedMovable, Use::GuestPinned, Use::Free]);
+        assert_eq!(
+            &map.pages[..4],
+            &[
+                Use::Populated,
+                Use::SharedMovable,
+                Use::GuestPinned,
+                Use::Free
+            ]
+        );
         // A frame outside the region is ignored.
         let map = RegionMap::new(&r, &[], Some(&[(0, true)])).unwrap();
         assert_eq!(map.totals(), vec![(Use::Free, 1 << 20)]);

@@ -115,7 +115,7 @@ fn boot() -> Result<RunningVmm, String> {
     Ok(vm)
 }
 
-/// Run `cycles` random cycles with `seed`; `progress` is called every 1000 cycles.
+/// Run `cycles` random cycles with `seed`; `progress` is called after every cycle.
 pub fn run(
     cycles: u64,
     seed: u64,
@@ -188,9 +188,7 @@ pub fn run(
         check(&vm, &mut r, cycle);
         r.cycles = cycle + 1;
         r.busy_retries = g.cma().stats().iter().map(|s| s.busy_retries).sum();
-        if r.cycles % 1000 == 0 {
-            progress(&r);
-        }
+        progress(&r);
         if r.failures.len() > 20 || r.integrity_errors > 0 {
             break;
         }

@@ -12,6 +12,7 @@ use super::svg::{Chart, Series, Style};
 use crate::cli::RunArgs;
 use crate::devices::legacy::platform::monotonic_ns;
 use crate::machine::BootTimes;
+use crate::progress::Progress;
 
 /// One boot: milliseconds to the first instruction, to the boot information parsed, and
 /// to the guest's memory manager being up.
@@ -70,16 +71,23 @@ fn boot_once(exe: &Path, run: &RunArgs) -> Result<[f64; 3], String> {
 }
 
 /// Boot `runs` times; the JSON report and its chart.
-pub fn run(run: &RunArgs, runs: usize) -> Result<(serde_json::Value, Vec<Chart>), String> {
+pub fn run(
+    run: &RunArgs,
+    runs: usize,
+    progress: &mut Progress,
+) -> Result<(serde_json::Value, Vec<Chart>), String> {
+    progress.phase("bench boot", "boots", runs as u64);
     run.config.validate().map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
     let (mut entered, mut ready, mut mm) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
+        progress.inc("");
         let [e, r, m] = boot_once(&exe, run).map_err(|e| format!("boot {i}: {e}"))?;
         entered.push(e);
         ready.push(r);
         mm.push(m);
     }
+    progress.finish();
     let (e, r, m) = (Stats::of(&entered), Stats::of(&ready), Stats::of(&mm));
     println!(
         "boot ({runs} runs): process start -> first guest instruction: median {:.2} ms, p99 {:.2} ms",

@@ -23,7 +23,9 @@ use serde_json::json;
 
 use super::svg::{Chart, Series, Style};
 use super::{CopyRatio, MemcpyBaseline, Stats, boot_vm_with};
+use crate::config::format_size;
 use crate::grant::{CopyMode, GrantMode, GrantPolicy, Target};
+use crate::progress::Progress;
 use cma::AllocRequest;
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -53,6 +55,7 @@ fn run_series(
     runs: usize,
     prealloc: bool,
     baseline: Option<&MemcpyBaseline>,
+    progress: &mut Progress,
 ) -> Result<Series1, String> {
     // One chunk more with a baseline: the first baseline copy's destination.
     let chunks = runs as u64 + u64::from(baseline.is_some());
@@ -102,6 +105,7 @@ fn run_series(
         live.push(spare);
     }
     for _ in 0..runs {
+        progress.inc(&format!("{copy:?} copy, {} chunks", format_size(chunk)));
         let (ns0, backing0, pages0) = (
             metrics.copy_ns.load(Ordering::Relaxed),
             metrics.backing_ns.load(Ordering::Relaxed),
@@ -146,11 +150,15 @@ fn native_logic_ns() -> Option<f64> {
 }
 
 /// Run the eviction benchmark; the JSON report and its charts.
-pub fn run(runs: usize) -> Result<(serde_json::Value, Vec<Chart>), String> {
+pub fn run(
+    runs: usize,
+    progress: &mut Progress,
+) -> Result<(serde_json::Value, Vec<Chart>), String> {
     const CHUNK: u64 = 4 << 20;
+    progress.phase("bench evict", "samples", 3 * runs as u64);
     let baseline = MemcpyBaseline::new((CHUNK / PAGE_SIZE) as usize);
-    let host = run_series(CopyMode::Host, CHUNK, runs, false, None)?;
-    let pre = run_series(CopyMode::Host, CHUNK, runs, true, Some(&baseline))?;
+    let host = run_series(CopyMode::Host, CHUNK, runs, false, None, progress)?;
+    let pre = run_series(CopyMode::Host, CHUNK, runs, true, Some(&baseline), progress)?;
     let memcpy = Stats::of(&pre.baseline);
     let pre_copy = Stats::of(&pre.vmm_copy);
     let ratio = CopyRatio::of(&pre.vmm_copy, &pre.baseline);
@@ -194,7 +202,7 @@ pub fn run(runs: usize) -> Result<(serde_json::Value, Vec<Chart>), String> {
         e2e.p99,
         Stats::of(&host.exits).median
     );
-    let guest = run_series(CopyMode::Guest, 128 << 10, runs, false, None)?;
+    let guest = run_series(CopyMode::Guest, 128 << 10, runs, false, None, progress)?;
     let g2e = Stats::of(&guest.end_to_end);
     println!(
         "guest-copy eviction of a populated 128 KiB chunk ({runs} runs): end to end (nested KVM) median {:.3} MiB/s, p99 {:.3}; {:.0}x slower than VMM-assisted",
@@ -262,10 +270,7 @@ pub fn run(runs: usize) -> Result<(serde_json::Value, Vec<Chart>), String> {
             numbered("host memcpy baseline (same pages, cold)", &pre.baseline),
             numbered("VMM copy, destinations backed", &pre.vmm_copy),
             numbered("VMM copy + first-touch backing", &host.vmm_copy_backed),
-            numbered(
-                "VMM-assisted, end to end (nested)",
-                &gib(&host.end_to_end),
-            ),
+            numbered("VMM-assisted, end to end (nested)", &gib(&host.end_to_end)),
             numbered("guest copy, end to end (nested)", &gib(&guest.end_to_end)),
         ],
     };

@@ -15,6 +15,7 @@ use super::{Stats, boot_vm, ms};
 use crate::config::format_size;
 use crate::grant::{GrantMode, GrantPolicy, Target};
 use crate::machine::RunningVmm;
+use crate::progress::Progress;
 use cma::AllocRequest;
 
 /// Chunk sizes measured.
@@ -58,7 +59,7 @@ fn sample(
     Ok((ms(r.elapsed), r.exits as f64, r.pages_migrated as f64))
 }
 
-fn series(populated: bool, runs: usize) -> Result<Vec<Point>, String> {
+fn series(populated: bool, runs: usize, progress: &mut Progress) -> Result<Vec<Point>, String> {
     let lent: u64 = if populated {
         SIZES
             .iter()
@@ -84,6 +85,8 @@ fn series(populated: bool, runs: usize) -> Result<Vec<Point>, String> {
     for size in SIZES {
         let (mut lat, mut exits, mut migrated) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
+            let range = if populated { "populated" } else { "empty" };
+            progress.inc(&format!("{} on {range} ranges", format_size(size)));
             let (l, e, m) = sample(&vm, size, populated, &mut live)?;
             lat.push(l);
             exits.push(e);
@@ -121,9 +124,13 @@ fn to_json(points: &[Point]) -> serde_json::Value {
 pub fn run(
     empty_runs: usize,
     populated_runs: usize,
+    progress: &mut Progress,
 ) -> Result<(serde_json::Value, Vec<Chart>), String> {
-    let empty = series(false, empty_runs)?;
-    let populated = series(true, populated_runs)?;
+    let total = SIZES.len() * (empty_runs + populated_runs);
+    progress.phase("bench latency", "samples", total as u64);
+    let empty = series(false, empty_runs, progress)?;
+    let populated = series(true, populated_runs, progress)?;
+    progress.finish();
     println!("allocation latency (nested KVM wall time), exclusive grants:");
     println!(
         "  {:>6}  {:>22}  {:>22}  {:>12}",
@@ -165,7 +172,9 @@ pub fn run(
             series: vec![
                 line("empty range, median", &empty, &|p| p.latency_ms.median),
                 line("empty range, p99", &empty, &|p| p.latency_ms.p99),
-                line("populated range, median", &populated, &|p| p.latency_ms.median),
+                line("populated range, median", &populated, &|p| {
+                    p.latency_ms.median
+                }),
                 line("populated range, p99", &populated, &|p| p.latency_ms.p99),
             ],
         },

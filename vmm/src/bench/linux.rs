@@ -514,8 +514,7 @@ pub fn run(
         series.push(bars("virtio-mem unplug (QEMU)", &r.virtio_mem));
     }
     let chart = Chart {
-        title: "Taking populated memory back from a Linux guest: ours vs the guest's own"
-            .into(),
+        title: "Taking populated memory back from a Linux guest: ours vs the guest's own".into(),
         subtitle: format!(
             "bench linux: median of {} (4 MiB) and {} (64 MiB) samples; emulated SVM (QEMU TCG L1, KVM L2) wall time",
             plan(runs).iter().filter(|&&s| s == SIZES[0]).count(),

@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::config::{RegionSpec, format_size};
 use crate::grant::GrantPolicy;
 use crate::machine::{Vmm, VmmOptions};
+use crate::progress::Progress;
 use cma::Cma;
 
 use super::svg::{Chart, Series, Style};
@@ -54,13 +55,16 @@ fn guest_metadata(lent: u64) -> Result<(u64, u64), String> {
 }
 
 /// Run the memory benchmark; the JSON report and its chart.
-pub fn run() -> Result<(serde_json::Value, Vec<Chart>), String> {
+pub fn run(progress: &mut Progress) -> Result<(serde_json::Value, Vec<Chart>), String> {
     let mut guest = Vec::new();
-    println!("guest allocator metadata (measured in the reference guest):");
+    progress.phase("bench memory", "guest boots", 4);
+    progress.println("guest allocator metadata (measured in the reference guest):");
     for lent in [64u64 << 20, 256 << 20, 1 << 30, 4 << 30] {
+        progress.inc(&format!("{} lent", format_size(lent)));
         let (bytes, pages) = guest_metadata(lent)?;
         let managed = pages as f64 * 4096.0;
         let per_gib = bytes as f64 / managed * GIB;
+        progress.finish();
         println!(
             "  lent {:>5}: {} bytes for {} managed pages = {:.0} bytes per GiB = {:.3}% (target <= 1%)",
             format_size(lent),
@@ -110,7 +114,9 @@ pub fn run() -> Result<(serde_json::Value, Vec<Chart>), String> {
     }
     let chart = Chart {
         title: "VMM allocator memory by region size (bitmap, summaries, chunk table)".into(),
-        subtitle: "bench memory: one bit per 4 KiB page (order_per_bit 0), measured on empty regions".into(),
+        subtitle:
+            "bench memory: one bit per 4 KiB page (order_per_bit 0), measured on empty regions"
+                .into(),
         x_label: "CMA region size".into(),
         categories: super::size_categories(&sizes),
         y_label: "allocator memory (bytes, log scale)".into(),

@@ -140,7 +140,11 @@ impl Chart {
             let (plot, legend) = body.split_horizontally(PLOT_W);
             let lo = self.values().fold(f64::INFINITY, f64::min);
             let hi = self.values().fold(f64::NEG_INFINITY, f64::max);
-            let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (1.0, 10.0) };
+            let (lo, hi) = if lo.is_finite() {
+                (lo, hi)
+            } else {
+                (1.0, 10.0)
+            };
             if self.log_y {
                 // Whole decades, so every gridline is a power of ten.
                 let lo = 10f64.powf(lo.log10().floor());
