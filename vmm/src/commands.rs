@@ -12,7 +12,7 @@ use crate::api::metrics::{METRICS_PERIOD, check_writable};
 use crate::api::{
     ApiContext, ApiMetrics, ApiSocket, MetricsSource, MetricsWriter, Server, ServerConfig,
 };
-use crate::cli::{BenchArgs, BenchKind, Command, RunArgs, SoakArgs, USAGE};
+use crate::cli::{BenchArgs, BenchKind, Command, RunArgs, SoakArgs};
 use crate::config::{ValidConfig, format_size};
 use crate::machine::{RunOutcome, RunReport, RunningVmm, Vmm, VmmOptions};
 use crate::progress::{Output, Progress};
@@ -34,13 +34,16 @@ pub fn main(args: Vec<String>) -> i32 {
 /// Run a parsed command; returns the process exit code.
 pub fn run(command: Command) -> i32 {
     match command {
-        Command::Help => {
-            println!("{USAGE}");
+        Command::Help(text) | Command::Version(text) => {
+            print!("{text}");
             0
         }
-        Command::Version => {
-            println!("cma-vmm {}", env!("CARGO_PKG_VERSION"));
-            0
+        Command::Completions(shell) => {
+            use std::io::Write;
+            match std::io::stdout().write_all(&crate::cli::completions(shell)) {
+                Ok(()) => 0,
+                Err(e) => fail(format!("completions: {e}")),
+            }
         }
         Command::Run(args) => run_vm(&args),
         Command::Bench(kind, args) => bench(kind, &args),

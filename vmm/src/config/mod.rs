@@ -36,7 +36,7 @@ pub const MAX_CAPTURE_DEVICES: usize = 7;
 pub const MAX_VCPUS: u8 = 8;
 
 /// A configuration error: one line that names the offending value.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// A number that does not parse.
     #[error("invalid {what}: '{value}' (expected a number with an optional K, M or G suffix)")]
