@@ -22,6 +22,8 @@ pub struct Answer {
     pub head: String,
     /// The body parsed as JSON (`null` if it is not JSON).
     pub json: serde_json::Value,
+    /// The body as text.
+    pub body: String,
 }
 
 impl Answer {
@@ -54,6 +56,7 @@ pub fn exchange(sock: &Path, raw: &[u8]) -> Answer {
         status,
         head: head.to_string(),
         json: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        body: body.to_string(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: KVM checks, spawning the VMM, parsing guest output.
 
 pub mod api;
+pub mod prometheus;
 pub mod vm;
 
 use std::io::Read;

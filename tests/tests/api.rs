@@ -204,6 +204,66 @@ fn every_endpoint_round_trips_through_ctl_and_raw_http() {
     expect(&raw, 200, "GET /metrics");
     assert_eq!(raw.json["grants"]["grant_count"], 3);
 
+    // The same metrics for Prometheus: by path, by Accept header, through ctl.
+    let accept = |a: &str| {
+        vm.exchange(
+            format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: {a}\r\n\r\n").as_bytes(),
+        )
+    };
+    let scraped = accept("text/plain;version=0.0.4;q=0.5,*/*;q=0.1");
+    expect(&scraped, 200, "GET /metrics, Accept: text/plain");
+    assert!(
+        scraped
+            .head
+            .contains("Content-Type: text/plain; version=0.0.4"),
+        "{scraped:#?}"
+    );
+    let e = cma_tests::prometheus::parse(&scraped.body);
+    assert_eq!(
+        e.value("cma_region_allocations_total", &[("region", "b")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        e.value("cma_region_moved_chunks_total", &[("region", "b")]),
+        Some(1.0)
+    );
+    assert_eq!(e.value("cma_grants_total", &[]), Some(3.0));
+    assert_eq!(
+        e.value(
+            "cma_region_allocation_duration_seconds_count",
+            &[("region", "a")]
+        ),
+        Some(1.0)
+    );
+    let json_too = accept("application/json, text/plain");
+    assert_eq!(
+        json_too.json["grants"]["grant_count"], 3,
+        "JSON when both are named"
+    );
+    let by_path = vm.http("GET", "/metrics/prometheus", None);
+    expect(&by_path, 200, "GET /metrics/prometheus");
+    cma_tests::prometheus::parse(&by_path.body);
+    let through_ctl = vm.ctl(&["metrics", "--prometheus"]);
+    assert_eq!(through_ctl.code, Some(0), "{through_ctl:#?}");
+    let e = cma_tests::prometheus::parse(&through_ctl.stdout);
+    assert!(
+        e.value(
+            "cma_api_requests_total",
+            &[("endpoint", "get_metrics_prometheus")]
+        ) >= Some(1.0)
+    );
+
+    // What ctl shows on a terminal, from the same answers (a pipe gets the JSON above).
+    let table = vmm::ctl::table::render(&vmm::cli::CtlCommand::Regions(None), &regions)
+        .expect("a table of regions");
+    assert!(table.starts_with("ID  NAME"), "{table}");
+    assert!(table.contains("lent"), "{table}");
+    let chunks = vm.ctl_ok(&["chunks"]);
+    let table =
+        vmm::ctl::table::render(&vmm::cli::CtlCommand::Chunks, &chunks).expect("a table of chunks");
+    assert!(table.contains(&format!("{b_base:#x}")), "{table}");
+    assert!(table.contains("64 KiB"), "{table}");
+
     // Free the rest, one each way: the memory goes back.
     assert_eq!(vm.ctl_ok(&["free", &first_id])["freed"], first_id.as_str());
     expect(

@@ -201,9 +201,16 @@ impl<'vm> ApiContext<'vm> {
             Endpoint::DeleteChunk => self.free(p),
             Endpoint::PutChunkPin => self.pin(p, true),
             Endpoint::PutChunkUnpin => self.pin(p, false),
+            Endpoint::GetMetrics if wants_prometheus(req) => self.prometheus(),
             Endpoint::GetMetrics => Ok(Response::json(200, &self.metrics.collect())),
+            Endpoint::GetMetricsPrometheus => self.prometheus(),
             Endpoint::Other => Err(ApiError::NotFound("no such resource".into())),
         }
+    }
+
+    fn prometheus(&self) -> Result<Response, ApiError> {
+        let doc = self.metrics.collect();
+        Ok(Response::prometheus(200, super::prometheus::render(&doc)))
     }
 
     fn vm_status(&self) -> VmStatus {
@@ -429,6 +436,16 @@ impl Service for ApiContext<'_> {
     fn rejected(&self, status: u16, elapsed: std::time::Duration) {
         self.metrics.api().record(Endpoint::Other, status, elapsed);
     }
+}
+
+/// `GET /metrics` answers in the Prometheus text format to a scraper: an `Accept` that
+/// names `text/plain` and not `application/json` (Prometheus sends
+/// `text/plain;version=0.0.4;q=0.5,*/*;q=0.1` or an OpenMetrics list with text/plain).
+fn wants_prometheus(req: &Request) -> bool {
+    req.header("accept").is_some_and(|a| {
+        let a = a.to_ascii_lowercase();
+        a.contains("text/plain") && !a.contains("application/json")
+    })
 }
 
 fn parse_id(s: &str) -> Result<ChunkId, ApiError> {

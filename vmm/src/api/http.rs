@@ -355,13 +355,20 @@ fn parse_content_length(v: &str) -> Result<usize, HttpError> {
     usize::try_from(len).map_err(|_| bad("malformed Content-Length"))
 }
 
-/// A response: a status, a JSON body, and an `Allow` header for 405.
+/// `Content-Type` of JSON bodies.
+pub const CONTENT_JSON: &str = "application/json";
+/// `Content-Type` of the Prometheus text exposition format.
+pub const CONTENT_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A response: a status, a body (JSON, or Prometheus text), and an `Allow` header for 405.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// The status code.
     pub status: u16,
-    /// The body (JSON).
+    /// The body.
     pub body: Vec<u8>,
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
     /// Methods allowed on the resource (405 responses).
     pub allow: Option<String>,
 }
@@ -375,6 +382,7 @@ impl Response {
                 Response {
                     status,
                     body,
+                    content_type: CONTENT_JSON,
                     allow: None,
                 }
             }
@@ -395,6 +403,17 @@ impl Response {
         Response {
             status,
             body,
+            content_type: CONTENT_JSON,
+            allow: None,
+        }
+    }
+
+    /// A Prometheus text exposition.
+    pub fn prometheus(status: u16, text: String) -> Response {
+        Response {
+            status,
+            body: text.into_bytes(),
+            content_type: CONTENT_PROMETHEUS,
             allow: None,
         }
     }
@@ -407,9 +426,10 @@ impl Response {
     /// Write the status line, headers and body.
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
         let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
             self.status,
             reason(self.status),
+            self.content_type,
             self.body.len()
         );
         if let Some(allow) = &self.allow {

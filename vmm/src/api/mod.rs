@@ -14,12 +14,14 @@
 //! - [`routes`]: paths and methods to endpoints (the table is there);
 //! - [`request`], [`error`]: request bodies and their validation, error statuses;
 //! - [`handlers`]: the endpoints over a running VM;
-//! - [`metrics`]: counters, the metrics document and its file.
+//! - [`metrics`]: counters, the metrics document and its file;
+//! - [`prometheus`]: the same metrics in the Prometheus text exposition format.
 
 pub mod error;
 pub mod handlers;
 pub mod http;
 pub mod metrics;
+pub mod prometheus;
 pub mod request;
 pub mod routes;
 pub mod server;

@@ -13,7 +13,9 @@
 //!  DELETE /chunks/{id}              free
 //!  PUT    /chunks/{id}/pin          pin
 //!  PUT    /chunks/{id}/unpin        unpin
-//!  GET    /metrics                  the metrics document
+//!  GET    /metrics                  the metrics document (Prometheus text if the
+//!                                   Accept header asks for text/plain, not JSON)
+//!  GET    /metrics/prometheus       the metrics in the Prometheus text format
 //! ```
 
 use serde::Serialize;
@@ -49,13 +51,15 @@ pub enum Endpoint {
     PutChunkUnpin,
     /// `GET /metrics`.
     GetMetrics,
+    /// `GET /metrics/prometheus`.
+    GetMetricsPrometheus,
     /// A request that reached no endpoint: unparseable, unknown path, wrong method.
     Other,
 }
 
 impl Endpoint {
     /// Every endpoint, in metrics order.
-    pub const ALL: [Endpoint; 14] = [
+    pub const ALL: [Endpoint; 15] = [
         Endpoint::GetVm,
         Endpoint::PostVmVerify,
         Endpoint::PostVmShutdown,
@@ -69,6 +73,7 @@ impl Endpoint {
         Endpoint::PutChunkPin,
         Endpoint::PutChunkUnpin,
         Endpoint::GetMetrics,
+        Endpoint::GetMetricsPrometheus,
         Endpoint::Other,
     ];
 
@@ -88,6 +93,7 @@ impl Endpoint {
             Endpoint::PutChunkPin => "put_chunk_pin",
             Endpoint::PutChunkUnpin => "put_chunk_unpin",
             Endpoint::GetMetrics => "get_metrics",
+            Endpoint::GetMetricsPrometheus => "get_metrics_prometheus",
             Endpoint::Other => "other",
         }
     }
@@ -156,6 +162,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
             (&[(Method::Put, Endpoint::PutChunkUnpin)], id)
         }
         ["metrics"] => (&[(Method::Get, Endpoint::GetMetrics)], ""),
+        ["metrics", "prometheus"] => (&[(Method::Get, Endpoint::GetMetricsPrometheus)], ""),
         _ => return Err(RouteError::NotFound(path.to_string())),
     };
     match methods.iter().find(|(m, _)| m == method) {
@@ -206,6 +213,10 @@ mod tests {
             Endpoint::PutChunkUnpin
         );
         assert_eq!(ok(Method::Get, "/metrics").endpoint, Endpoint::GetMetrics);
+        assert_eq!(
+            ok(Method::Get, "/metrics/prometheus").endpoint,
+            Endpoint::GetMetricsPrometheus
+        );
         assert_eq!(
             ok(Method::Post, "/vm/verify").endpoint,
             Endpoint::PostVmVerify
