@@ -799,7 +799,6 @@ impl RunOpts {
             evict_timeout: self.evict_timeout,
             return_timeout: self.evict_timeout,
             copy: self.copy_mode,
-            ..GrantPolicy::default()
         };
         Ok(RunArgs {
             config,

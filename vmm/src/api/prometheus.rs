@@ -17,7 +17,7 @@ use std::fmt::Write;
 
 use cma::LatencySummary;
 
-use super::metrics::MetricsDocument;
+use super::metrics::{EndpointSection, MetricsDocument, RegionSection};
 
 /// Metric families kinds used here.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +39,16 @@ impl Kind {
 
 /// One label set: `(name, value)` pairs.
 type Labels = Vec<(&'static str, String)>;
+
+/// A per-region counter or gauge: name, kind, help, and where its value is.
+type RegionFamily = (&'static str, Kind, &'static str, fn(&RegionSection) -> u64);
+
+/// A per-region latency summary: name, help, and where it is.
+type RegionSummary = (
+    &'static str,
+    &'static str,
+    fn(&RegionSection) -> &LatencySummary,
+);
 
 /// The exposition being written; each family once, all its samples together.
 #[derive(Default)]
@@ -150,7 +160,7 @@ pub fn render(doc: &MetricsDocument) -> String {
     );
 
     let endpoints = &doc.api.endpoints;
-    let per_endpoint = |f: fn(&super::metrics::EndpointSection) -> u64| {
+    let per_endpoint = |f: fn(&EndpointSection) -> u64| {
         endpoints
             .iter()
             .map(move |(name, s)| (label("endpoint", name), f(s)))
@@ -175,14 +185,13 @@ pub fn render(doc: &MetricsDocument) -> String {
             .map(|(name, s)| (label("endpoint", name), &s.latency)),
     );
 
-    use super::metrics::RegionSection as R;
     let regions = &doc.regions;
-    let per_region = |f: fn(&R) -> u64| {
+    let per_region = |f: fn(&RegionSection) -> u64| {
         regions
             .iter()
             .map(move |(name, s)| (label("region", name), f(s)))
     };
-    let region_families: [(&str, Kind, &str, fn(&R) -> u64); 12] = [
+    let region_families: [RegionFamily; 12] = [
         (
             "cma_region_allocations_total",
             Kind::Counter,
@@ -259,7 +268,7 @@ pub fn render(doc: &MetricsDocument) -> String {
     for (name, kind, help, f) in region_families {
         e.family(name, kind, help, per_region(f));
     }
-    let region_summaries: [(&str, &str, fn(&R) -> &LatencySummary); 3] = [
+    let region_summaries: [RegionSummary; 3] = [
         (
             "cma_region_allocation_duration_seconds",
             "Allocations in the region, the guest's eviction included.",
