@@ -232,6 +232,8 @@ pub struct GrantManager {
     agent: AgentChannel,
     policy: Mutex<GrantPolicy>,
     modes: Mutex<HashMap<ChunkId, GrantMode>>,
+    /// Held across a pause, slot change and resume ([`GrantManager::with_vcpus_paused`]).
+    slot_change: Mutex<()>,
     exits: Arc<ExitCounters>,
     vcpus: Arc<VcpuControl>,
     /// Counters.
@@ -262,6 +264,7 @@ impl GrantManager {
             agent,
             policy: Mutex::new(policy),
             modes: Mutex::new(HashMap::new()),
+            slot_change: Mutex::new(()),
             exits,
             vcpus,
             metrics: GrantMetrics::default(),
@@ -271,7 +274,12 @@ impl GrantManager {
     /// Change the guest's memory slots with every vCPU held outside the guest: a slot is
     /// deleted and re-created in pieces, and code running from the old slot in between
     /// would find no memory at all (not even its instructions).
+    ///
+    /// One slot change at a time: two allocations revoking at once would otherwise both
+    /// find the vCPUs paused, and the first to finish would let them run while the other
+    /// was still between deleting and re-creating a slot.
     fn with_vcpus_paused<T>(&self, f: impl FnOnce(&Vm) -> T) -> T {
+        let _one_at_a_time = lock(&self.slot_change);
         self.vcpus.pause_all();
         let out = f(&self.vm);
         self.vcpus.resume_all();
