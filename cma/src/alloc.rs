@@ -280,7 +280,9 @@ impl Cma {
     }
 
     /// Call `f` after every move of the chunk (replacing any previous listener). It runs
-    /// on the compacting thread, with no lock held.
+    /// on the compacting thread, with no lock held; until it returns the chunk is neither
+    /// moved again nor freed (a free meanwhile fails with [`CmaError::ChunkMoving`]), so the
+    /// listener hears of every move, in order.
     pub fn set_move_listener(&self, id: ChunkId, f: MoveListener) -> Result<(), CmaError> {
         let area = self.area_of(id)?;
         area.set_listener(id.serial(), f)

@@ -65,6 +65,10 @@ enum ChunkState {
     Moving { other: u64 },
     /// Being freed: the release callback is running.
     Releasing,
+    /// Just moved; its owner's move listener is being called (with no lock held). Neither
+    /// moved again nor freed until that returns: a second move's notice could otherwise
+    /// find the listener out and be lost, and the owner keep the older address.
+    Notifying,
 }
 
 /// Why a chunk operation was refused by the region.
@@ -196,7 +200,7 @@ impl Area {
             ChunkState::Granted => e.state = ChunkState::Releasing,
             ChunkState::Claiming => return Err(Refusal::Missing),
             ChunkState::Releasing => return Err(Refusal::Releasing),
-            ChunkState::Moving { .. } => return Err(Refusal::Moving),
+            ChunkState::Moving { .. } | ChunkState::Notifying => return Err(Refusal::Moving),
         }
         Ok(self.chunk(serial, e))
     }
@@ -386,7 +390,6 @@ impl Area {
         let ChunkState::Moving { other: old } = e.state else {
             return (None, None);
         };
-        e.state = ChunkState::Granted;
         let count = e.placement.count;
         let moved = ChunkMoved {
             id: ChunkId::from_parts(self.instance, self.id, serial),
@@ -395,18 +398,27 @@ impl Area {
             len: count << self.shift,
         };
         let listener = e.listener.take();
+        e.state = if listener.is_some() {
+            ChunkState::Notifying
+        } else {
+            ChunkState::Granted
+        };
         s.bitmap.clear_range(old, count);
         s.metrics.chunks_moved += 1;
         (listener, Some(moved))
     }
 
-    /// Put a move listener back after calling it, unless the chunk is gone or has a new one.
+    /// Put a move listener back after calling it (unless the chunk has a new one meanwhile)
+    /// and let the chunk be moved or freed again.
     pub(crate) fn return_listener(&self, serial: u64, f: MoveListener) {
         let mut s = self.lock();
-        if let Ok(e) = s.owned_mut(serial)
-            && e.listener.is_none()
-        {
-            e.listener = Some(f);
+        if let Ok(e) = s.owned_mut(serial) {
+            if e.state == ChunkState::Notifying {
+                e.state = ChunkState::Granted;
+            }
+            if e.listener.is_none() {
+                e.listener = Some(f);
+            }
         }
     }
 
@@ -488,6 +500,9 @@ impl AreaState {
 
 impl Entry {
     fn is_owned(&self) -> bool {
-        matches!(self.state, ChunkState::Granted | ChunkState::Moving { .. })
+        matches!(
+            self.state,
+            ChunkState::Granted | ChunkState::Moving { .. } | ChunkState::Notifying
+        )
     }
 }

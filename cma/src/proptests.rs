@@ -270,7 +270,8 @@ proptest! {
 /// One thread's view: its chunks and the moves its listeners heard.
 type Moves = Arc<Mutex<HashMap<ChunkId, u64>>>;
 
-fn worker(cma: &Cma, seed: u64, names: &str, compacts: bool) -> Moves {
+/// One thread's random operations; its live chunks and what their listeners heard.
+fn worker(cma: &Cma, seed: u64, names: &str, compacts: bool) -> (Vec<ChunkId>, Moves) {
     let mut rng = Rng(seed);
     let heard: Moves = Arc::default();
     let mut mine: Vec<ChunkId> = Vec::new();
@@ -325,17 +326,7 @@ fn worker(cma: &Cma, seed: u64, names: &str, compacts: bool) -> Moves {
             _ => {}
         }
     }
-    // Listeners and the allocator agree on where every chunk is.
-    for id in &mine {
-        let now = cma.chunk(*id).expect("live");
-        if let Some(&gpa) = heard.lock().unwrap().get(id) {
-            assert_eq!(now.gpa, gpa);
-        }
-    }
-    for id in mine {
-        cma.free(id, &mut released()).unwrap();
-    }
-    heard
+    (mine, heard)
 }
 
 #[test]
@@ -360,10 +351,19 @@ fn threads_allocating_in_own_and_shared_regions_keep_every_invariant() {
             thread::spawn(move || worker(&cma, 0x9e37_79b9 + i as u64, names, compacts))
         })
         .collect();
-    let moves: usize = handles
-        .into_iter()
-        .map(|h| h.join().unwrap().lock().unwrap().len())
-        .sum();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut moves = 0;
+    for (mine, heard) in results {
+        let heard = heard.lock().unwrap();
+        moves += heard.len();
+        // Every compaction is over: listeners and the allocator agree on every chunk.
+        for id in mine {
+            if let Some(&gpa) = heard.get(&id) {
+                assert_eq!(cma.chunk(id).expect("live").gpa, gpa, "{id:?}");
+            }
+            cma.free(id, &mut released()).unwrap();
+        }
+    }
     assert!(
         moves > 0,
         "compaction moved chunks that their owners heard of"
