@@ -146,6 +146,28 @@ fn every_endpoint_round_trips_through_ctl_and_raw_http() {
     assert_eq!(region(&regions, "a")["allocs_ok"], 1);
     let chunks = vm.ctl_ok(&["chunks"]);
     assert_eq!(chunks["chunks"].as_array().map(Vec::len), Some(2));
+    // The occupancy picture of one region, then of all: the chunks drawn in their modes.
+    let svg = std::env::temp_dir().join(format!("cma-api-occupancy-{}.svg", std::process::id()));
+    let svg_arg = svg.to_str().expect("utf-8 path");
+    for args in [
+        &["regions", "a", "--svg", svg_arg][..],
+        &["regions", "--svg", svg_arg],
+    ] {
+        assert_eq!(vm.ctl_ok(args)["name"].is_string(), args.len() == 4);
+        let picture = std::fs::read_to_string(&svg).expect("the picture");
+        assert!(picture.starts_with("<svg") || picture.starts_with("<?xml"));
+        assert!(picture.contains("granted exclusive, pinned"), "legend");
+        assert!(
+            picture.contains("exclusive pinned 1 MiB"),
+            "region a's chunk"
+        );
+        assert_eq!(
+            picture.contains("shared movable 256 KiB"),
+            args.len() == 3,
+            "b's chunk"
+        );
+    }
+    let _ = std::fs::remove_file(&svg);
     let one = vm.ctl_ok(&["chunk", &second_id]);
     assert_eq!(one["id"], second_id.as_str());
     expect(

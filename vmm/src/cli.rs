@@ -124,6 +124,8 @@ pub struct CtlArgs {
     pub timeout: Duration,
     /// Print the API's JSON even on a terminal.
     pub json: bool,
+    /// `regions --svg FILE`: where to draw the regions' occupancy.
+    pub svg: Option<PathBuf>,
     /// What to do.
     pub command: CtlCommand,
 }
@@ -459,6 +461,10 @@ enum CtlCmd {
         /// A region name
         #[arg(value_name = "NAME", value_parser = region_segment)]
         name: Option<String>,
+        /// Also draw the region (without NAME, every region) as an SVG picture of its
+        /// occupancy: free, granted exclusive or shared, pinned or movable
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
     },
     /// Granted chunks
     Chunks,
@@ -824,10 +830,14 @@ impl CtlOpts {
         let api_sock = self
             .api_sock
             .ok_or_else(|| CliError::Required("--api-sock".into()))?;
+        let svg = match &self.command {
+            CtlCmd::Regions { svg, .. } => svg.clone(),
+            _ => None,
+        };
         let command = match self.command {
             CtlCmd::Vm => CtlCommand::Vm,
             CtlCmd::Wait => CtlCommand::Wait,
-            CtlCmd::Regions { name } => CtlCommand::Regions(name),
+            CtlCmd::Regions { name, .. } => CtlCommand::Regions(name),
             CtlCmd::Chunks => CtlCommand::Chunks,
             CtlCmd::Chunk { id } => CtlCommand::Chunk(id),
             CtlCmd::Alloc(a) => CtlCommand::Alloc(a.into_body()?),
@@ -844,6 +854,7 @@ impl CtlOpts {
             api_sock,
             timeout: self.timeout,
             json: self.json,
+            svg,
             command,
         })
     }

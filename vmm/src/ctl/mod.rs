@@ -211,6 +211,12 @@ pub fn wait_populated(sock: &Path, timeout: Duration) -> Result<Reply, CtlError>
 pub fn run(args: &CtlArgs) -> i32 {
     match call(args) {
         Ok(reply) => {
+            if let Some(path) = &args.svg
+                && let Err(e) = draw_regions(args, &reply.json(), path)
+            {
+                eprintln!("cma-vmm: {e}");
+                return 1;
+            }
             // Scripts read JSON through pipes and files; people read tables.
             let table = (!args.json && std::io::stdout().is_terminal())
                 .then(|| table::render(&args.command, &reply.json()))
@@ -227,6 +233,47 @@ pub fn run(args: &CtlArgs) -> i32 {
             1
         }
     }
+}
+
+/// `ctl regions [NAME] --svg FILE`: the occupancy picture of the region in `answer` (or of
+/// every region of a `GET /regions` answer, each fetched with its bitmap), with the chunk
+/// list, written to `path`.
+fn draw_regions(args: &CtlArgs, answer: &Value, path: &Path) -> Result<(), String> {
+    let get = |path: &str| -> Result<Value, String> {
+        let r = send(&args.api_sock, "GET", path, None, args.timeout).map_err(|e| e.to_string())?;
+        if (200..300).contains(&r.status) {
+            Ok(r.json())
+        } else {
+            Err(format!(
+                "GET {path}: status {}: {}",
+                r.status,
+                r.body.trim()
+            ))
+        }
+    };
+    let regions = match answer.get("regions").and_then(Value::as_array) {
+        Some(list) => list
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .map(|name| get(&format!("/regions/{name}")))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => vec![answer.clone()],
+    };
+    let chunks = get("/chunks")?;
+    let maps = regions
+        .iter()
+        .map(|r| crate::occupancy::RegionMap::from_api(r, &chunks))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let svg = crate::occupancy::render(
+        &maps,
+        "CMA region occupancy, from the control API",
+        &format!("cma-vmm ctl regions via {}", args.api_sock.display()),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    eprintln!("cma-vmm: wrote {}", path.display());
+    Ok(())
 }
 
 #[cfg(test)]
