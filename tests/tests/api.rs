@@ -626,19 +626,22 @@ fn sigint_is_a_clean_stop() {
     a_signal_is_a_clean_stop("INT", "SIGINT", 130);
 }
 
-/// A signal during an allocation cancels the eviction under way at once, rather than
-/// after the guest's answer or the eviction deadline.
-#[test]
-#[cfg_attr(skip_kvm, ignore = "CMA_SKIP_KVM_TESTS=1")]
-fn a_signal_cancels_an_eviction_under_way() {
+/// A VM whose guest answers every eviction `delay_ms` late, and a thread allocating 64K
+/// from it through the API (its answer comes when the thread ends).
+fn allocating_from_a_slow_guest(
+    name: &str,
+    delay_ms: &str,
+    evict_timeout_ms: &str,
+) -> (ApiVmm, std::thread::JoinHandle<Answer>) {
+    let guest_args = format!("agent.mode=slow agent.delay_ms={delay_ms}");
     let mut args = GUEST.to_vec();
     args.extend_from_slice(&[
         "--guest-args",
-        "agent.mode=slow agent.delay_ms=20000",
+        &guest_args,
         "--evict-timeout",
-        "60000",
+        evict_timeout_ms,
     ]);
-    let mut vm = ApiVmm::start(vmm_bin!(), "sigevict", &args);
+    let vm = ApiVmm::start(vmm_bin!(), name, &args);
     let sock = vm.sock.clone();
     let alloc = std::thread::spawn(move || {
         cma_tests::api::http(
@@ -648,6 +651,15 @@ fn a_signal_cancels_an_eviction_under_way() {
             Some(r#"{"device": "cam", "size": "64K"}"#),
         )
     });
+    (vm, alloc)
+}
+
+/// A signal during an allocation cancels the eviction under way at once, rather than
+/// after the guest's answer or the eviction deadline.
+#[test]
+#[cfg_attr(skip_kvm, ignore = "CMA_SKIP_KVM_TESTS=1")]
+fn a_signal_cancels_an_eviction_under_way() {
+    let (mut vm, alloc) = allocating_from_a_slow_guest("sigevict", "20000", "60000");
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     vm.signal("INT");
@@ -667,24 +679,8 @@ fn a_signal_cancels_an_eviction_under_way() {
 #[test]
 #[cfg_attr(skip_kvm, ignore = "CMA_SKIP_KVM_TESTS=1")]
 fn a_slow_allocation_does_not_block_the_api() {
-    let mut args = GUEST.to_vec();
-    args.extend_from_slice(&[
-        "--guest-args",
-        "agent.mode=slow agent.delay_ms=2000",
-        "--evict-timeout",
-        "10000",
-    ]);
-    let mut vm = ApiVmm::start(vmm_bin!(), "slow", &args);
-    let sock = vm.sock.clone();
     let started = Instant::now();
-    let alloc = std::thread::spawn(move || {
-        cma_tests::api::http(
-            &sock,
-            "POST",
-            "/chunks",
-            Some(r#"{"device": "cam", "size": "64K"}"#),
-        )
-    });
+    let (mut vm, alloc) = allocating_from_a_slow_guest("slow", "2000", "10000");
     std::thread::sleep(Duration::from_millis(300));
     for path in ["/vm", "/metrics", "/regions", "/chunks"] {
         let t = Instant::now();
