@@ -247,21 +247,28 @@ l1_boot() {
 	exec {fd}< <(exec "${L1_QEMU[@]}" -serial stdio </dev/null 2>&1)
 	qpid=$!
 	L1_QEMU_PID=$qpid
+	local pending="" step
 	while :; do
 		left=$(((deadline - $(now_us)) / 1000000))
 		if ((left <= 0)); then
 			L1_TIMED_OUT=1
+			[[ -n $pending ]] && printf '%s\n' "${pending%$'\r'}" | tee /dev/fd/"$lfd"
 			break
 		fi
-		if IFS= read -r -t "$left" -u "$fd" line; then
-			:
+		# Wait at most 30 s for a line: when L1 is quiet that long, say how long it has
+		# run and how long it has left (progress; not in the log).
+		step=$((left < 30 ? left : 30))
+		if IFS= read -r -t "$step" -u "$fd" line; then
+			line=$pending$line pending=''
 		else
 			status=$?
-			if ((status > 128)); then # read timed out: the deadline
-				L1_TIMED_OUT=1
-				[[ -n $line ]] && printf '%s\n' "${line%$'\r'}" | tee /dev/fd/"$lfd"
-				break
+			if ((status > 128)); then # read timed out: keep what came of the line
+				pending+=$line
+				((left > step)) && printf 'linux-test: L1 running for %s s; deadline in %s s\n' \
+					$((($(now_us) - L1_T_START) / 1000000)) $((left - step))
+				continue
 			fi
+			line=$pending$line pending=''
 			[[ -z $line ]] && break # end of output: QEMU exited
 		fi
 		line=${line%$'\r'}

@@ -93,7 +93,7 @@ fn bench(kind: BenchKind, args: &BenchArgs) -> i32 {
         (
             BenchKind::Linux,
             "linux",
-            Box::new(|runs, _| crate::bench::linux::run(&args.run, runs, args.qemu.as_ref())),
+            Box::new(|runs, p| crate::bench::linux::run(&args.run, runs, args.qemu.as_ref(), p)),
         ),
     ];
     for (k, name, job) in jobs {

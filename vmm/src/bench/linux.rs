@@ -39,6 +39,7 @@ use crate::cli::RunArgs;
 use crate::config::{RegionConfig, VmConfig, format_size};
 use crate::grant::{GrantMode, GrantPolicy, Target};
 use crate::machine::{RunOutcome, Vmm, VmmOptions};
+use crate::progress::Progress;
 use cma::AllocRequest;
 
 /// Range sizes measured.
@@ -135,7 +136,12 @@ fn contig_samples(console: &str) -> Result<Vec<Sample>, String> {
 }
 
 /// Our device and the in-guest alloc_contig_range, in one cma-vmm guest.
-fn ours_and_contig(run: &RunArgs, runs: usize, r: &mut Results) -> Result<(), String> {
+fn ours_and_contig(
+    run: &RunArgs,
+    runs: usize,
+    r: &mut Results,
+    progress: &mut Progress,
+) -> Result<(), String> {
     let sizes: Vec<String> = plan(runs).iter().map(|s| s.to_string()).collect();
     let mut config = VmConfig {
         memory: MEMORY,
@@ -157,7 +163,9 @@ fn ours_and_contig(run: &RunArgs, runs: usize, r: &mut Results) -> Result<(), St
     let config = config.validate().map_err(|e| e.to_string())?;
     let options = VmmOptions {
         kvm_path: run.kvm_path.clone(),
-        echo_console: !run.quiet,
+        // The console is kept (its tail goes into any error), not echoed: the progress
+        // line says what happens.
+        echo_console: false,
         policy: GrantPolicy {
             evict_timeout: Duration::from_secs(120),
             return_timeout: Duration::from_secs(120),
@@ -168,7 +176,19 @@ fn ours_and_contig(run: &RunArgs, runs: usize, r: &mut Results) -> Result<(), St
     let vm = Vmm::new(config, &options)
         .and_then(Vmm::start)
         .map_err(|e| e.to_string())?;
-    if !vm.wait_milestone(PROGRESS_POPULATED, Duration::from_secs(900)) {
+    progress.phase(
+        "bench linux: the guest fills its lent memory (emulated: minutes)",
+        "steps",
+        0,
+    );
+    // In short steps, so that the progress line's clock moves.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut populated = false;
+    while !populated && vm.outcome().is_none() && Instant::now() < deadline {
+        populated = vm.wait_milestone(PROGRESS_POPULATED, Duration::from_secs(1));
+        progress.update(0, "");
+    }
+    if !populated {
         let why = format!(
             "the Linux guest did not report its lent memory populated: {:?}; the end of its console:\n{}",
             vm.outcome(),
@@ -181,6 +201,11 @@ fn ours_and_contig(run: &RunArgs, runs: usize, r: &mut Results) -> Result<(), St
     let g = vm.grants();
     // Every grant is kept until both modes are done: a freed range is no longer populated.
     let mut live = Vec::new();
+    progress.phase(
+        "bench linux: our device",
+        "samples",
+        2 * plan(runs).len() as u64,
+    );
     for mode in [GrantMode::Shared, GrantMode::Exclusive] {
         let samples = match mode {
             GrantMode::Shared => &mut r.shared,
@@ -200,6 +225,7 @@ fn ours_and_contig(run: &RunArgs, runs: usize, r: &mut Results) -> Result<(), St
                 pages_migrated: report.pages_migrated,
             });
             live.push(grant);
+            progress.inc(&format!("{mode:?} {}", format_size(size)));
         }
     }
     for grant in live {
@@ -302,8 +328,8 @@ fn virtio_mem(
     kernel: &Path,
     initrd: &Path,
     runs: usize,
-    echo: bool,
     r: &mut Results,
+    progress: &mut Progress,
 ) -> Result<(), String> {
     let plugged = REGION_SIZE;
     let bios_dir = ["/usr/share/seabios", "/usr/share/qemu"]
@@ -362,20 +388,25 @@ fn virtio_mem(
         let mut line = Vec::new();
         while lines.read_until(b'\n', &mut line).map_or(0, |n| n) > 0 {
             let text = String::from_utf8_lossy(&line).into_owned();
-            if echo {
-                print!("virtio-mem guest: {text}");
-            }
             if tx.send(text).is_err() {
                 return;
             }
             line.clear();
         }
     });
+    progress.phase(
+        "bench linux: the virtio-mem guest fills its memory (emulated: minutes)",
+        "steps",
+        0,
+    );
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut console = String::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        progress.update(0, "");
+        // In short steps, so that the progress line's clock moves.
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
             Ok(l) if l.contains("cma-bench: populated") => break,
             Ok(l) if l.contains("cma-bench: error") => return Err(l.trim().to_string()),
             Ok(l) => console.push_str(&l),
@@ -399,6 +430,11 @@ fn virtio_mem(
             "virtio-mem plugged {requested} bytes, expected {plugged}"
         ));
     }
+    progress.phase(
+        "bench linux: virtio-mem unplug",
+        "samples",
+        plan(runs).len() as u64,
+    );
     for size in plan(runs) {
         requested -= size;
         let t = Instant::now();
@@ -417,6 +453,7 @@ fn virtio_mem(
             ms: ms(t.elapsed()),
             pages_migrated: 0,
         });
+        progress.inc(&format_size(size));
     }
     drop(qmp);
     drop(guard);
@@ -439,6 +476,7 @@ pub fn run(
     run: &RunArgs,
     runs: usize,
     qemu: Option<&(PathBuf, PathBuf)>,
+    progress: &mut Progress,
 ) -> Result<(serde_json::Value, Vec<Chart>), String> {
     let kernel = run.config.kernel.clone().ok_or(
         "bench linux needs --kernel BZIMAGE and --initrd FILE (the guest-linux initramfs)",
@@ -447,10 +485,11 @@ pub fn run(
         return Err("bench linux needs --initrd FILE (the guest-linux initramfs)".into());
     }
     let mut r = Results::default();
-    ours_and_contig(run, runs, &mut r)?;
+    ours_and_contig(run, runs, &mut r, progress)?;
     if let Some((qemu, initrd)) = qemu {
-        virtio_mem(qemu, &kernel, initrd, runs, !run.quiet, &mut r)?;
+        virtio_mem(qemu, &kernel, initrd, runs, &mut r, progress)?;
     }
+    progress.finish();
     println!("taking back populated guest memory (emulated-SVM wall time, median / p99 ms):");
     let mut rows = Vec::new();
     for size in SIZES {
