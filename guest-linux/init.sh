@@ -25,6 +25,8 @@
 #                        that size, aligned to it, one after the other from the start of
 #                        REGION; one line each:
 #                          cma-bench: contig size=S ns=N ret=R in_use=P migrated=M
+#   cmatest.warm_keep=SIZE  with cmatest.warm=1: how much free memory to leave untouched
+#                        (default 48M)
 #   cmatest.vmem=SIZE    virtio-mem mode: how much memory the device plugs (waited for
 #                        in ZONE_MOVABLE before the fill; default: the fill)
 #   cmatest.warm=1       after the fill, touch every free page once (a tmpfs file of
@@ -101,6 +103,7 @@ BENCH_SIZES=
 BENCH_RUNS=1
 VMEM=
 WARM=0
+WARM_KEEP=$((48 * 1048576))
 TIMEOUT=60
 for word in $(cat /proc/cmdline); do
 	case $word in
@@ -116,6 +119,8 @@ for word in $(cat /proc/cmdline); do
 		case $BENCH_RUNS in *[!0-9]* | "") fail 10 "bad $word" ;; esac ;;
 	cmatest.vmem=*) VMEM=$(to_bytes "${word#*=}") || true
 		[ -n "$VMEM" ] || fail 10 "bad $word" ;;
+	cmatest.warm_keep=*) WARM_KEEP=$(to_bytes "${word#*=}") || true
+		[ -n "$WARM_KEEP" ] || fail 10 "bad $word" ;;
 	cmatest.warm=*) WARM=${word#*=}
 		case $WARM in 0 | 1) ;; *) fail 10 "bad $word (0 or 1)" ;; esac ;;
 	cmatest.timeout=*) TIMEOUT=${word#*=}
@@ -249,11 +254,11 @@ done
 [ -n "$PINS" ] && say "pinned: $(tr '\n' ' ' <$CMA/pinned)"
 
 if [ "$WARM" = 1 ]; then
-	# Leave 48M and a tenth of what is free untouched: tmpfs pages cannot be reclaimed, and
-	# the kernel's watermarks and per-zone reserves grow with memory (a 1.75G guest that
-	# kept only 48M free ran out of memory here and panicked).
+	# Leave cmatest.warm_keep (default 48M) untouched: tmpfs pages cannot be reclaimed, and
+	# the kernel's watermarks and per-zone reserves grow with memory (a 2.25G guest that
+	# kept only 48M free ran out of memory here and panicked; `bench linux` keeps more).
 	free=$(($(awk '/^MemFree:/ { print $2 }' /proc/meminfo) / 1024))
-	warm=$((free - 48 - free / 10))
+	warm=$((free - WARM_KEEP / 1048576))
 	if [ $warm -gt 0 ]; then
 		mkdir -p /warm
 		mount -t tmpfs -o size=${warm}m tmpfs /warm &&

@@ -149,7 +149,7 @@ fn ours_and_contig(
         kernel: run.config.kernel.clone(),
         initrd: run.config.initrd.clone(),
         guest_args: format!(
-            "cmatest.mode=bench cmatest.fill={FILL} cmatest.warm=1 cmatest.bench=guest cmatest.bench_sizes={} cmatest.bench_runs=1 {}",
+            "cmatest.mode=bench cmatest.fill={FILL} cmatest.warm=1 cmatest.warm_keep=192M cmatest.bench=guest cmatest.bench_sizes={} cmatest.bench_runs=1 {}",
             sizes.join(","),
             run.config.guest_args
         ),
