@@ -162,7 +162,17 @@ pub fn call(args: &CtlArgs) -> Result<Reply, CtlError> {
     }
     let (method, path, body) = request(&args.command);
     let body = body.map(|b| b.to_string().into_bytes());
-    let reply = send(&args.api_sock, method, &path, body.as_deref(), args.timeout)?;
+    successful(send(
+        &args.api_sock,
+        method,
+        &path,
+        body.as_deref(),
+        args.timeout,
+    )?)
+}
+
+/// A 2xx reply, or the API's error message.
+fn successful(reply: Reply) -> Result<Reply, CtlError> {
     if (200..300).contains(&reply.status) {
         Ok(reply)
     } else {
@@ -240,16 +250,10 @@ pub fn run(args: &CtlArgs) -> i32 {
 /// list, written to `path`.
 fn draw_regions(args: &CtlArgs, answer: &Value, path: &Path) -> Result<(), String> {
     let get = |path: &str| -> Result<Value, String> {
-        let r = send(&args.api_sock, "GET", path, None, args.timeout).map_err(|e| e.to_string())?;
-        if (200..300).contains(&r.status) {
-            Ok(r.json())
-        } else {
-            Err(format!(
-                "GET {path}: status {}: {}",
-                r.status,
-                r.body.trim()
-            ))
-        }
+        send(&args.api_sock, "GET", path, None, args.timeout)
+            .and_then(successful)
+            .map(|r| r.json())
+            .map_err(|e| format!("GET {path}: {e}"))
     };
     let regions = match answer.get("regions").and_then(Value::as_array) {
         Some(list) => list
