@@ -78,6 +78,17 @@ impl ManifestSnapshot {
         ManifestSnapshot { manifest }
     }
 
+    /// Every present page's frame and whether the guest pinned it; the error if the
+    /// manifest could not be read.
+    pub fn present_frames(&self) -> Result<Vec<(u64, bool)>, String> {
+        let manifest = self.manifest.as_ref().map_err(Clone::clone)?;
+        Ok((0..manifest.len() / MANIFEST_ENTRY_SIZE)
+            .map_while(|i| ManifestEntry::decode(manifest, i).ok())
+            .filter(|e| e.flags & PAGE_PRESENT != 0)
+            .map(|e| (e.gpa, e.flags & protocol::page::PAGE_PINNED != 0))
+            .collect())
+    }
+
     /// Verify every present page where the manifest said it was.
     pub fn verify(&self, ram: &GuestRam) -> IntegrityReport {
         let mut out = IntegrityReport::default();

@@ -336,26 +336,10 @@ const FONT: &str = "sans-serif";
 /// its manifest with the guest quiesced and evictions held off, so they are where the
 /// manifest says. Only the reference guest keeps a manifest; `Err` if it does not answer.
 pub fn populated_frames(vm: &RunningVmm) -> Result<Vec<(u64, bool)>, String> {
-    use protocol::page::{MANIFEST_ENTRY_SIZE, ManifestEntry, PAGE_PINNED, PAGE_PRESENT};
-    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-    let _held = vm.grants().hold_evictions();
-    let agent = vm.grants().agent();
-    let report = agent
-        .query(true, false, TIMEOUT)
-        .map_err(|e| format!("cannot quiesce the guest: {e}"))?;
-    // Bounded like the integrity check's read: the manifest is untrusted guest memory.
-    let entries = report.manifest_len.min(MAX_PAGES);
-    let mut manifest = vec![0u8; entries as usize * MANIFEST_ENTRY_SIZE];
-    let read = vm.vm().ram().read(report.manifest_gpa, &mut manifest);
-    agent
-        .query(false, true, TIMEOUT)
-        .map_err(|e| format!("cannot resume the guest: {e}"))?;
-    read.map_err(|_| "the guest's manifest is not in guest RAM".to_string())?;
-    Ok((0..entries as usize)
-        .filter_map(|i| ManifestEntry::decode(&manifest, i).ok())
-        .filter(|e| e.flags & PAGE_PRESENT != 0)
-        .map(|e| (e.gpa, e.flags & PAGE_PINNED != 0))
-        .collect())
+    let check = crate::exercise::GuestCheck::begin(vm)?;
+    let frames = check.present_frames();
+    check.end()?;
+    frames
 }
 
 /// Render `regions` as one SVG picture: `title` says what and when, `subtitle` which run.
